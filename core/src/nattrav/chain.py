@@ -1,0 +1,645 @@
+"""The fallback chain: run the installed methods in preference order and keep the best endpoint.
+
+Theory of operation
+-------------------
+The chain is a list of ``MethodSpec`` ordered by priority, then by the user's ``order`` and
+``disabled`` settings, then adjusted by ``nattrav_adjust_chain`` hooks. ``Chain.run(request)``
+is an async context manager: entering runs the methods until one yields a candidate that meets
+the goal; the body uses the endpoint; leaving releases it.
+
+Each attempt runs in its own task. The method's context manager is entered and held by a child
+task (``_hold``) so that its cancel scopes nest properly whatever happens to the attempt: the
+attempt waits for the child to report the acquisition under a per-try deadline, stamina retries
+tries that fail with a retryable ``MethodError``, and the method's circuit breaker is consulted
+before the first try and told the outcome after the last.
+
+Strategies:
+
+* ``sequential``: start the next method only when the previous one ended without meeting the
+  goal.
+* ``race`` (default, RFC 8305 in spirit): start the next method when the previous ones failed or
+  after ``stagger`` seconds, whichever is first. When a success arrives, it wins at once if no
+  better-priority attempt is still running; otherwise it waits at most ``grace`` seconds for one
+  of them to succeed. Losers still acquiring are cancelled; losers that already acquired are
+  told to release. Attempts never started are recorded as skipped, so the result explains why
+  each better method did not win.
+
+With the ``reachable`` goal, a candidate that does not accept unsolicited inbound traffic
+(a server-reflexive address behind a filtering NAT) is recorded as ``insufficient`` and kept in
+``TraversalResult.candidates`` for hole punching, and the chain goes on. Before judging,
+installed verifiers may upgrade an ``unknown`` candidate (or refute a gateway's claim): a
+mapping that does not forward is released, acquired once more, and abandoned if it fails again.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.abc
+import attrs
+import stamina
+from opentelemetry import trace
+
+from nattrav.config import Config
+from nattrav.errors import (
+    ChainExhausted,
+    CircuitOpen,
+    ConfigError,
+    MethodError,
+    MethodUnavailable,
+)
+from nattrav.method import Acquisition, AttemptContext, DatagramChannel, TraversalMethod
+from nattrav.models import (
+    AttemptOutcome,
+    AttemptRecord,
+    Candidate,
+    CandidateKind,
+    Goal,
+    Inbound,
+    LeaseEvent,
+    LeaseEventKind,
+    PathProperty,
+    TraversalRequest,
+    TraversalResult,
+)
+from nattrav.plugins import Hooks
+from nattrav.registry import MethodSpec, PathProbeSpec, VerifierSpec
+from nattrav.resilience import BreakerBoard, RetryPolicy
+from nattrav.telemetry import Telemetry
+
+__all__ = ["Chain", "Held", "assemble"]
+
+#: How long the chain waits for a losing or released method to let go of what it held.
+RELEASE_BOUND = 10.0
+
+
+def assemble(specs: Sequence[MethodSpec], config: Config, hooks: Hooks | None = None) -> list[MethodSpec]:
+    """Order ``specs`` by priority (config may override a priority), then ``order``, minus
+    ``disabled``, then let plugins adjust. Unknown names in ``order`` are a ``ConfigError``."""
+    known = {s.name for s in specs}
+    unknown = [n for n in config.chain.order if n not in known]
+    unknown_prio = [n for n in config.methods if n not in known]
+    if unknown or unknown_prio:
+        problems = [
+            f"[chain] order names unknown method {n!r} (installed: {', '.join(sorted(known))})"
+            for n in unknown
+        ] + [
+            f"[methods.{n}] configures unknown method {n!r} (installed: {', '.join(sorted(known))})"
+            for n in unknown_prio
+        ]
+        raise ConfigError(problems)
+
+    def priority(spec: MethodSpec) -> int:
+        override = config.methods.get(spec.name)
+        return override.priority if override and override.priority is not None else spec.priority
+
+    ordered = sorted(
+        (s for s in specs if s.name not in config.chain.disabled),
+        key=lambda s: (priority(s), s.name),
+    )
+    first = [s for name in config.chain.order for s in ordered if s.name == name]
+    chain = first + [s for s in ordered if s.name not in config.chain.order]
+    if hooks is not None:
+        hooks.adjust_chain(chain)
+    return chain
+
+
+@attrs.frozen
+class Held:
+    """What ``Chain.run`` yields: the result and, for relayed endpoints, the relay channel."""
+
+    result: TraversalResult
+    channel: DatagramChannel | None = None
+
+
+@attrs.define(eq=False)
+class _Attempt:
+    index: int
+    spec: MethodSpec
+    scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
+    release: anyio.Event = attrs.field(factory=anyio.Event)
+    done: anyio.Event = attrs.field(factory=anyio.Event)
+    started_at: float = 0.0
+    acquisition: Acquisition | None = None
+    record: AttemptRecord | None = None
+    running: bool = True
+
+
+class Chain:
+    """An assembled chain bound to a runtime's hooks, breakers and telemetry."""
+
+    def __init__(
+        self,
+        specs: Sequence[MethodSpec],
+        *,
+        config: Config | None = None,
+        hooks: Hooks | None = None,
+        breakers: BreakerBoard | None = None,
+        telemetry: Telemetry | None = None,
+        verifiers: Sequence[VerifierSpec] = (),
+        path_probes: Sequence[PathProbeSpec] = (),
+        settings: Callable[[str], Mapping[str, Any]] | None = None,
+    ) -> None:
+        self.config = config or Config()
+        self.specs = list(specs)
+        self.hooks = hooks
+        self.telemetry = telemetry or Telemetry()
+        self.breakers = breakers or BreakerBoard(
+            policy_for=lambda _n: self.config.breaker.policy()
+        )
+        self.verifiers = list(verifiers)
+        self.path_probes = list(path_probes)
+        self._settings = settings or (lambda name: self.config.plugin_table(name))
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+    # ------------------------------------------------------------------ policies
+
+    def _retry_policy(self, method: str) -> RetryPolicy:
+        policy = self.hooks.retry_policy(method) if self.hooks else None
+        return policy or self.config.retry.policy()
+
+    def _timeout(self, spec: MethodSpec) -> float:
+        override = self.config.methods.get(spec.name)
+        if override is not None and override.timeout is not None:
+            return override.timeout
+        return spec.timeout
+
+    # ------------------------------------------------------------------ running
+
+    @asynccontextmanager
+    async def run(
+        self,
+        request: TraversalRequest | None = None,
+        *,
+        sockets: Any = None,
+        on_event: Callable[[LeaseEvent], None] | None = None,
+    ) -> AsyncIterator[Held]:
+        """Run the chain for ``request``; hold the winning endpoint until the context exits.
+
+        Raises ``ChainExhausted`` (with every attempt) when no method meets the goal.
+        """
+        request = request or TraversalRequest(goal=self.config.chain.goal)
+        specs = [s for s in self.specs if request.transport in s.transports]
+        strategy = self.config.chain.strategy
+
+        def emit(event: LeaseEvent) -> None:
+            self.telemetry.record_lease(event)
+            if self.hooks is not None:
+                self.hooks.lease_event(event)
+            if on_event is not None:
+                on_event(event)
+
+        events_send, events_recv = anyio.create_memory_object_stream[_Attempt](
+            2 * len(specs) + 2
+        )
+        attempts: list[_Attempt] = []
+        winner: _Attempt | None = None
+        chain_span = self.telemetry.tracer.start_span(
+            "nattrav.chain",
+            attributes={
+                "nattrav.strategy": strategy,
+                "nattrav.goal": request.goal.value,
+                "nattrav.port": request.port,
+            },
+        )
+        try:
+            async with anyio.create_task_group() as tg:
+                with trace.use_span(chain_span, end_on_exit=False):
+                    winner = await self._decide(
+                        tg, specs, attempts, request, sockets, emit, events_send, events_recv
+                    )
+                    records = tuple(_final_record(a, winner) for a in attempts)
+                    if winner is None or winner.acquisition is None:
+                        chain_span.set_attribute("nattrav.outcome", "exhausted")
+                        if self.hooks:
+                            self.hooks.chain_finished(request, None, records)
+                        self.telemetry.record_chain(None)
+                        raise ChainExhausted(list(records), goal=request.goal.value)
+                    acquisition = winner.acquisition
+                    kept = tuple(
+                        a.record.candidate
+                        for a in attempts
+                        if a is not winner and a.record is not None and a.record.candidate
+                    )
+                    result = TraversalResult(
+                        goal=request.goal,
+                        candidate=acquisition.candidate,
+                        attempts=records,
+                        candidates=(acquisition.candidate, *acquisition.also, *kept),
+                        strategy=strategy,
+                    )
+                    if self.config.chain.probe_paths and self.path_probes:
+                        path = await self._probe_paths(result, request, sockets, emit)
+                        result = attrs.evolve(result, path=path)
+                    chain_span.set_attribute("nattrav.outcome", "succeeded")
+                    chain_span.set_attribute("nattrav.method", result.method)
+                    chain_span.set_attribute("nattrav.endpoint", str(result.endpoint))
+                    chain_span.end()
+                    if self.hooks:
+                        self.hooks.chain_finished(request, result, records)
+                    self.telemetry.record_chain(result.method)
+                emit(
+                    LeaseEvent(
+                        LeaseEventKind.ACQUIRED,
+                        result.method,
+                        result.endpoint,
+                        f"{result.candidate.kind.value} endpoint via {result.method}",
+                    )
+                )
+                try:
+                    yield Held(result, acquisition.channel)
+                finally:
+                    winner.release.set()
+                    with anyio.CancelScope(shield=True):
+                        await winner.done.wait()
+                    emit(LeaseEvent(LeaseEventKind.RELEASED, result.method, result.endpoint))
+        finally:
+            if chain_span.is_recording():
+                chain_span.end()
+
+    async def _decide(
+        self,
+        tg: anyio.abc.TaskGroup,
+        specs: Sequence[MethodSpec],
+        attempts: list[_Attempt],
+        request: TraversalRequest,
+        sockets: Any,
+        emit: Callable[[LeaseEvent], None],
+        events_send: anyio.abc.ObjectSendStream[_Attempt],
+        events_recv: anyio.abc.ObjectReceiveStream[_Attempt],
+    ) -> _Attempt | None:
+        """Launch attempts per the strategy until a winner is known or all are done; stop
+        the losers and wait until they released what they held."""
+        strategy = self.config.chain.strategy
+        stagger = self.config.chain.stagger if strategy == "race" else math.inf
+
+        def launch() -> None:
+            attempt = _Attempt(len(attempts), specs[len(attempts)])
+            attempt.started_at = anyio.current_time()
+            attempts.append(attempt)
+            ctx = AttemptContext(
+                request=request,
+                method=attempt.spec.name,
+                settings=self._settings(attempt.spec.plugin),
+                sockets=sockets,
+                breakers=self.breakers,
+                telemetry=self.telemetry,
+                emit=emit,
+            )
+            tg.start_soon(self._attempt, attempt, ctx, events_send.clone())
+
+        winner: _Attempt | None = None
+        last_launch = -math.inf
+        grace_deadline = math.inf
+        while True:
+            now = anyio.current_time()
+            best = _best_success(attempts, request.goal)
+            if best is not None:
+                better_running = any(a.running for a in attempts[: best.index])
+                if not better_running or now >= grace_deadline:
+                    winner = best
+                    break
+                grace_deadline = min(grace_deadline, now + self.config.chain.grace)
+            running = any(a.running for a in attempts)
+            can_launch = best is None and len(attempts) < len(specs)
+            if not can_launch and not running:
+                break
+            if can_launch and (not running or now >= last_launch + stagger):
+                launch()
+                last_launch = now
+                continue
+            wake = grace_deadline
+            if can_launch:
+                wake = min(wake, last_launch + stagger)
+            with anyio.move_on_after(max(0.0, wake - now)):
+                await events_recv.receive()
+            while True:  # drain whatever else is ready
+                try:
+                    events_recv.receive_nowait()
+                except anyio.WouldBlock:
+                    break
+        events_send.close()
+
+        for a in attempts:
+            if a is winner:
+                continue
+            if a.acquisition is not None or not a.running:
+                a.release.set()
+            elif a.running:
+                a.scope.cancel()
+        for i in range(len(attempts), len(specs)):
+            reason = f"not needed: {winner.spec.name} already won" if winner else "not started"
+            attempts.append(_skipped(i, specs[i], reason))
+        with anyio.move_on_after(RELEASE_BOUND, shield=True):
+            for a in attempts:
+                if a is not winner and a.running:
+                    await a.done.wait()
+        return winner
+
+    async def _probe_paths(
+        self,
+        result: TraversalResult,
+        request: TraversalRequest,
+        sockets: Any,
+        emit: Callable[[LeaseEvent], None],
+    ) -> tuple[PathProperty, ...]:
+        found: list[PathProperty] = []
+        for spec in self.path_probes:
+            ctx = AttemptContext(
+                request=request,
+                method=spec.name,
+                settings=self._settings(spec.plugin),
+                sockets=sockets,
+                breakers=self.breakers,
+                telemetry=self.telemetry,
+                emit=emit,
+            )
+            try:
+                prop = await spec.factory().probe(result, ctx)
+            except Exception as exc:  # a path probe never costs the user the endpoint
+                prop = PathProperty(spec.name, None, f"failed: {type(exc).__name__}: {exc}")
+            if prop is not None:
+                found.append(prop)
+        return tuple(found)
+
+    async def _attempt(
+        self,
+        attempt: _Attempt,
+        ctx: AttemptContext,
+        notify: anyio.abc.ObjectSendStream[_Attempt],
+    ) -> None:
+        """One method's attempt: breaker check, acquisition with retries, then hold or stop."""
+        spec = attempt.spec
+        breaker = self.breakers.get(spec.name)
+        start = anyio.current_time()
+        span = self.telemetry.tracer.start_span(
+            "nattrav.attempt",
+            attributes={"nattrav.method": spec.name, "nattrav.priority": spec.priority},
+        )
+        tries = 0
+
+        def finish(record: AttemptRecord) -> None:
+            attempt.record = record
+            self.telemetry.record_attempt(span, record)
+            span.end()
+            if self.hooks:
+                self.hooks.attempt_finished(record)
+
+        try:
+            with attempt.scope:
+                if not breaker.allow():
+                    err = CircuitOpen(spec.name, breaker.retry_after())
+                    finish(_record(spec, AttemptOutcome.SKIPPED, err, start, 0))
+                    return
+                async with anyio.create_task_group() as holder:
+                    try:
+                        tries, acquisition = await self._acquire(attempt, ctx, holder)
+                    except TimeoutError:
+                        breaker.failure()
+                        holder.cancel_scope.cancel()
+                        finish(
+                            AttemptRecord(
+                                spec.name,
+                                AttemptOutcome.TIMED_OUT,
+                                f"no result within {self._timeout(spec):.1f} s",
+                                anyio.current_time() - start,
+                                max(tries, 1),
+                                "TimeoutError",
+                                priority=spec.priority,
+                            )
+                        )
+                        return
+                    except MethodError as exc:
+                        breaker.failure()
+                        holder.cancel_scope.cancel()
+                        outcome = (
+                            AttemptOutcome.UNAVAILABLE
+                            if isinstance(exc, MethodUnavailable)
+                            else AttemptOutcome.FAILED
+                        )
+                        finish(_record(spec, outcome, exc, start, getattr(exc, "_tries", 1)))
+                        return
+                    except Exception as exc:  # a plugin bug must not break the chain
+                        breaker.failure()
+                        holder.cancel_scope.cancel()
+                        finish(_record(spec, AttemptOutcome.FAILED, exc, start, max(tries, 1)))
+                        return
+                    breaker.success()
+                    met = ctx.request.goal.accepts(acquisition.candidate)
+                    finish(
+                        AttemptRecord(
+                            spec.name,
+                            AttemptOutcome.SUCCEEDED if met else AttemptOutcome.INSUFFICIENT,
+                            _describe_candidate(acquisition.candidate, met),
+                            anyio.current_time() - start,
+                            tries,
+                            candidate=acquisition.candidate,
+                            priority=spec.priority,
+                        )
+                    )
+                    if met:
+                        attempt.acquisition = acquisition
+                        _poke(notify, attempt)
+                    else:
+                        attempt.release.set()
+                    # The holder task group now waits until _hold is told to release.
+            if attempt.scope.cancelled_caught and attempt.record is None:
+                breaker.cancelled()
+                finish(
+                    AttemptRecord(
+                        spec.name,
+                        AttemptOutcome.CANCELLED,
+                        "cancelled: a preferred method won first",
+                        anyio.current_time() - start,
+                        max(tries, 1),
+                        priority=spec.priority,
+                    )
+                )
+        finally:
+            if attempt.record is None:  # cancelled from outside (the whole run was cancelled)
+                span.end()
+            attempt.running = False
+            attempt.done.set()
+            _poke(notify, attempt)
+            notify.close()
+
+    async def _acquire(
+        self,
+        attempt: _Attempt,
+        ctx: AttemptContext,
+        holder: anyio.abc.TaskGroup,
+    ) -> tuple[int, Acquisition]:
+        """Acquire with retries and a per-try deadline; verify; return (tries, acquisition)."""
+        spec = attempt.spec
+        policy = self._retry_policy(spec.name)
+        timeout = self._timeout(spec)
+        tries = 0
+        reacquired = False
+        try:
+            async for retry in stamina.retry_context(
+                on=_is_retryable,
+                attempts=max(1, policy.attempts),
+                timeout=policy.timeout,
+                wait_initial=policy.wait_initial,
+                wait_max=policy.wait_max,
+                wait_jitter=policy.wait_jitter,
+            ):
+                with retry:
+                    tries += 1
+                    if self.hooks:
+                        self.hooks.attempt_started(spec.name, ctx.request, tries)
+                    method = spec.factory()
+                    release = anyio.Event()
+                    with anyio.fail_after(timeout):
+                        acquisition: Acquisition = await holder.start(
+                            _hold, method, ctx, release, attempt.release
+                        )
+                    verdict = await self._verify(acquisition.candidate, ctx)
+                    if verdict is not None:
+                        candidate = acquisition.candidate.with_reachability(verdict)
+                        acquisition = attrs.evolve(acquisition, candidate=candidate)
+                        if verdict.inbound is Inbound.NO and _claimed(acquisition):
+                            # The gateway said it maps but nothing arrives: release, try once more.
+                            release.set()
+                            if reacquired:
+                                raise MethodError(
+                                    spec.name,
+                                    f"{candidate.address} was created but does not forward "
+                                    f"inbound traffic ({verdict.how}); abandoned",
+                                )
+                            reacquired = True
+                            raise MethodError(spec.name, "mapping does not forward", retryable=True)
+                    return tries, acquisition
+        except MethodError as exc:
+            exc._tries = tries  # type: ignore[attr-defined]
+            raise
+        raise MethodError(spec.name, "no attempt made")  # pragma: no cover - stamina always runs once
+
+    async def _verify(self, candidate: Candidate, ctx: AttemptContext) -> Any:
+        """Ask verifiers to prove or refute inbound reachability; ``None`` when none can tell."""
+        if not self.config.chain.verify or candidate.reachability.verified:
+            return None
+        if ctx.request.goal is Goal.ANY and candidate.reachability.inbound is not Inbound.UNKNOWN:
+            return None
+        for spec in self.verifiers:
+            if candidate.kind not in spec.kinds:
+                continue
+            try:
+                with anyio.move_on_after(self.config.chain.verify_window * 4):
+                    verdict = await spec.factory().verify(candidate, ctx)
+                    if verdict is not None:
+                        return verdict
+            except Exception as exc:
+                ctx.logger.info("verifier %s failed: %s", spec.name, exc)
+        return None
+
+
+async def _hold(
+    method: TraversalMethod,
+    ctx: AttemptContext,
+    release: anyio.Event,
+    chain_release: anyio.Event,
+    *,
+    task_status: anyio.abc.TaskStatus[Acquisition] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Enter the method's context in this task, report it, and hold it until released."""
+    async with method.acquire(ctx) as acquisition:
+        if not isinstance(acquisition, Acquisition):
+            raise TypeError(
+                f"method {ctx.method!r} yielded {type(acquisition).__name__}, not Acquisition"
+            )
+        task_status.started(acquisition)
+        async with anyio.create_task_group() as tg:
+
+            async def wait_for(event: anyio.Event) -> None:
+                await event.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(wait_for, release)
+            tg.start_soon(wait_for, chain_release)
+
+
+def _poke(notify: anyio.abc.ObjectSendStream[_Attempt], attempt: _Attempt) -> None:
+    """Wake the coordinator; never block (it may have stopped listening)."""
+    try:
+        notify.send_nowait(attempt)
+    except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+        pass
+
+
+def _is_retryable(exc: Exception) -> bool:
+    return isinstance(exc, MethodError) and exc.retryable
+
+
+def _claimed(acquisition: Acquisition) -> bool:
+    """A gateway created it on request, so a refuted claim means "delete and re-add"."""
+    return acquisition.candidate.kind is CandidateKind.PORT_MAPPED
+
+
+def _best_success(attempts: Sequence[_Attempt], goal: Goal) -> _Attempt | None:
+    for a in attempts:
+        if a.acquisition is not None and goal.accepts(a.acquisition.candidate):
+            return a
+    return None
+
+
+def _record(
+    spec: MethodSpec, outcome: AttemptOutcome, exc: BaseException, start: float, tries: int
+) -> AttemptRecord:
+    reason = exc.reason if isinstance(exc, MethodError) else f"{type(exc).__name__}: {exc}"
+    return AttemptRecord(
+        spec.name,
+        outcome,
+        reason,
+        anyio.current_time() - start,
+        tries,
+        type(exc).__name__,
+        priority=spec.priority,
+    )
+
+
+def _skipped(index: int, spec: MethodSpec, reason: str) -> _Attempt:
+    attempt = _Attempt(index, spec, running=False)
+    attempt.record = AttemptRecord(spec.name, AttemptOutcome.SKIPPED, reason, priority=spec.priority)
+    return attempt
+
+
+def _final_record(attempt: _Attempt, winner: _Attempt | None) -> AttemptRecord:
+    record = attempt.record or AttemptRecord(
+        attempt.spec.name, AttemptOutcome.SKIPPED, "not started", priority=attempt.spec.priority
+    )
+    if winner is not None and record.outcome is AttemptOutcome.CANCELLED:
+        if attempt.index < winner.index:
+            why = f"still running when {winner.spec.name} won after the grace window; cancelled"
+        else:
+            why = f"cancelled: {winner.spec.name} won first"
+        record = attrs.evolve(record, reason=why)
+    if (
+        winner is not None
+        and attempt is not winner
+        and record.outcome is AttemptOutcome.SUCCEEDED
+    ):
+        # It succeeded too, but a better method won (or it lost the grace window).
+        record = attrs.evolve(
+            record,
+            outcome=AttemptOutcome.CANCELLED,
+            reason=f"also succeeded, but {winner.spec.name} was preferred; released",
+        )
+    return record
+
+
+def _describe_candidate(candidate: Candidate, met: bool) -> str:
+    r = candidate.reachability
+    verdict = "accepts unsolicited inbound" if r.inbound is Inbound.YES else (
+        "does not accept unsolicited inbound" if r.inbound is Inbound.NO
+        else "unsolicited inbound unknown"
+    )
+    text = f"{candidate.kind.value} {candidate.address}: {verdict} ({r.how})"
+    return text if met else f"{text}; kept as a hole-punching candidate"

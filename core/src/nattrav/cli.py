@@ -1,0 +1,387 @@
+"""The ``nattrav`` and ``nattrav-plugins`` commands.
+
+Core owns the frame: global options, plugin loading, ``plugins list``, ``map``, output in JSON
+or as a table, exit codes (0 ok, 1 traversal failed, 2 usage or config error) and turning every
+``NatTravError`` into one line on stderr instead of a traceback. Plugins add subcommands
+(``nattrav stun``, ``nattrav lab``...) and options on core commands (``--stun`` on ``map``)
+through hooks, so core stays free of protocol knowledge.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import IO, Any
+
+from nattrav.config import Config, load_raw, merge, structure_config
+from nattrav.errors import ChainExhausted, ConfigError, NatTravError
+from nattrav.plugins import PluginHost, PluginRecord
+
+__all__ = ["Cli", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "main", "plugins_main"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class UsageError(NatTravError):
+    """Bad command-line usage (exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so main() owns every exit code."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+class Cli:
+    """What a command receives: parsed options, output helpers and a lazily built runtime."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        raw_config: dict[str, Any],
+        config_source: str | None,
+        host: PluginHost,
+        *,
+        out: IO[str] | None = None,
+        err: IO[str] | None = None,
+    ) -> None:
+        self.args = args
+        self.json: bool = bool(getattr(args, "json", False))
+        self.raw_config = raw_config
+        self.config_source = config_source
+        self.host = host
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self._config: Config | None = None
+        self._runtime: Any = None
+        self.backend: str = getattr(args, "backend", None) or os.environ.get(
+            "NATTRAV_BACKEND", "asyncio"
+        )
+
+    # ---------------------------------------------------------------- config and runtime
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = structure_config(self.raw_config, source=self.config_source)
+        return self._config
+
+    def runtime(self) -> Any:
+        """The runtime for this invocation, built with the final config (flags applied)."""
+        if self._runtime is None:
+            from nattrav.runtime import Runtime
+
+            if self.config is self.host.config:
+                host = self.host
+            else:
+                host = PluginHost.load(self.config)
+            self._runtime = Runtime(host)
+        return self._runtime
+
+    def run(self, func: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Run an async function on the selected anyio backend (asyncio or trio)."""
+        import anyio
+
+        backend_options: dict[str, Any] = {}
+        if self.backend == "asyncio" and os.environ.get("NATTRAV_UVLOOP") == "1":
+            backend_options["use_uvloop"] = True
+        return anyio.run(func, *args, backend=self.backend, backend_options=backend_options)
+
+    # ---------------------------------------------------------------- output
+
+    def emit_json(self, value: Any, *, indent: int | None = 2) -> None:
+        from nattrav.serialize import dumps
+
+        self.out.write(dumps(value, indent=indent) + "\n")
+        self.out.flush()
+
+    def line(self, text: str = "") -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def table(self, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        """A plain aligned table (no colour: it must read well in logs and pipes)."""
+        data = [[str(c) for c in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+        widths = [max(len(r[i]) for r in data) for i in range(len(headers))]
+        for n, row in enumerate(data):
+            self.line("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+            if n == 0:
+                self.line("  ".join("-" * w for w in widths))
+
+
+# --------------------------------------------------------------------------- plugins list
+
+
+def _plugin_rows(host: PluginHost) -> list[dict[str, Any]]:
+    rows = []
+    for rec in sorted(host.records.values(), key=lambda r: (not r.builtin, r.name)):
+        rows.append(_plugin_json(rec))
+    return rows
+
+
+def _plugin_json(rec: PluginRecord) -> dict[str, Any]:
+    return {
+        "name": rec.name,
+        "distribution": rec.distribution,
+        "version": rec.version,
+        "status": rec.status.value,
+        "builtin": rec.builtin,
+        "methods": [{"name": n, "priority": p} for n, p in rec.methods],
+        "hooks": rec.hooks,
+        "error": rec.error,
+    }
+
+
+def cmd_plugins_list(args: argparse.Namespace, cli: Cli) -> int:
+    rows = _plugin_rows(cli.host)
+    if cli.json:
+        cli.emit_json({"plugins": rows})
+        return EXIT_OK
+    cli.table(
+        ["plugin", "distribution", "version", "status", "methods", "hooks"],
+        [
+            [
+                r["name"],
+                r["distribution"] or "-",
+                r["version"] or "-",
+                r["status"],
+                ", ".join(f"{m['name']}({m['priority']})" for m in r["methods"]) or "-",
+                ", ".join(h.removeprefix("nattrav_") for h in r["hooks"]) or "-",
+            ]
+            for r in rows
+        ],
+    )
+    for r in rows:
+        if r["error"]:
+            cli.line(f"{r['name']}: {r['status']}: {r['error']}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- map
+
+
+def _configure_map(p: argparse.ArgumentParser) -> None:
+    p.add_argument("port", type=int, help="local port to make reachable (0: pick one)")
+    p.add_argument("--protocol", choices=["udp", "tcp"], default="udp")
+    p.add_argument("--goal", choices=["reachable", "any"], default=None)
+    p.add_argument(
+        "--hold",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="keep the endpoint this long (default: until SIGINT/SIGTERM)",
+    )
+    p.add_argument("--lifetime", type=float, default=3600.0, help="lease to request (s)")
+    p.add_argument("--strategy", choices=["race", "sequential"], default=None)
+
+
+def cmd_map(args: argparse.Namespace, cli: Cli) -> int:
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"port {args.port} out of range 0-65535")
+    if args.strategy:
+        cli.raw_config = merge(cli.raw_config, {"chain": {"strategy": args.strategy}})
+    return int(cli.run(_map, args, cli))
+
+
+async def _map(args: argparse.Namespace, cli: Cli) -> int:
+    import anyio
+
+    from nattrav.models import Goal, LeaseEvent, Transport, TraversalRequest
+    from nattrav.serialize import to_jsonable
+
+    rt = cli.runtime()
+    goal = Goal(args.goal) if args.goal else rt.config.chain.goal
+    request = TraversalRequest(
+        port=args.port, transport=Transport(args.protocol), goal=goal, lifetime=args.lifetime
+    )
+
+    def on_event(event: LeaseEvent) -> None:
+        if cli.json:
+            cli.out.write(json.dumps({"event": to_jsonable(event)}) + "\n")
+            cli.out.flush()
+        else:
+            cli.line(f"{event.kind.value}: {event.method} {event.endpoint or ''} {event.detail}")
+
+    try:
+        async with rt.traverse(request, on_event=on_event) as (held, _mux):
+            result = held.result
+            if cli.json:
+                cli.out.write(json.dumps({"result": to_jsonable(result)}) + "\n")
+                cli.out.flush()
+            else:
+                _print_result(cli, result)
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                with anyio.move_on_after(args.hold if args.hold is not None else float("inf")):
+                    async for _sig in signals:
+                        break
+    except ChainExhausted as exc:
+        if cli.json:
+            cli.out.write(json.dumps({"error": "exhausted", "attempts": to_jsonable(exc.failures)}) + "\n")
+            cli.out.flush()
+        else:
+            cli.err.write(f"nattrav: {exc}\n")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _print_result(cli: Cli, result: Any) -> None:
+    cli.line(f"endpoint: {result.endpoint} ({result.candidate.kind.value} via {result.method})")
+    r = result.candidate.reachability
+    cli.line(f"inbound:  {r.inbound.value} ({'verified' if r.verified else 'unverified'}: {r.how})")
+    cli.table(
+        ["method", "outcome", "time", "reason"],
+        [
+            [a.method, a.outcome.value, f"{a.duration * 1000:.0f} ms", a.reason]
+            for a in result.attempts
+        ],
+    )
+
+
+# --------------------------------------------------------------------------- the frame
+
+
+CoreCommand = Callable[[argparse.Namespace, Cli], int]
+
+
+def _build_parser(host: PluginHost, prog: str = "nattrav") -> _Parser:
+    parser = _Parser(
+        prog=prog,
+        description="NAT traversal: find what the network does and get a reachable endpoint.",
+    )
+    _add_globals(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    plugins = sub.add_parser("plugins", help="installed plugins")
+    psub = plugins.add_subparsers(dest="plugins_command", metavar="ACTION", parser_class=_Parser)
+    psub.required = True
+    plist = psub.add_parser("list", help="list plugins, their methods, hooks and status")
+    _add_json(plist)
+    plist.set_defaults(handler=cmd_plugins_list)
+
+    mp = sub.add_parser("map", help="obtain a reachable endpoint for a local port and hold it")
+    _configure_map(mp)
+    _add_json(mp)
+    mp.set_defaults(handler=cmd_map)
+    core_parsers = {"map": mp}
+
+    for spec in sorted(host.commands, key=lambda s: s.name):
+        cp = sub.add_parser(spec.name, help=spec.help)
+        _add_json(cp)
+        try:
+            spec.configure(cp)
+        except Exception as exc:  # a plugin's argument setup must not break the CLI
+            logging.getLogger("nattrav").warning("plugin command %s: %s", spec.name, exc)
+        cp.set_defaults(handler=spec.run)
+        core_parsers[spec.name] = cp
+
+    for opt in host.options:
+        for name in opt.commands:
+            target = core_parsers.get(name)
+            if target is not None:
+                try:
+                    target.add_argument(*opt.flags, **dict(opt.kwargs))
+                except argparse.ArgumentError:
+                    pass
+    return parser
+
+
+def _add_globals(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="config file (default: ./nattrav.toml)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
+    parser.add_argument("--backend", choices=["asyncio", "trio"], default=None)
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _preparse(argv: Sequence[str]) -> argparse.Namespace:
+    pre = argparse.ArgumentParser(add_help=False)
+    _add_globals(pre)
+    known, _ = pre.parse_known_args(list(argv))
+    return known
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("nattrav")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    # stamina logs every scheduled retry; that is debug detail for a CLI user.
+    logging.getLogger("stamina").setLevel(logging.INFO if verbosity >= 2 else logging.ERROR)
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = "nattrav") -> int:
+    """Entry point of ``nattrav``: returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    err = sys.stderr
+    try:
+        pre = _preparse(argv)
+        _setup_logging(pre.verbose)
+        raw, source = load_raw(pre.config)
+        config = structure_config(raw, source=source)
+        host = PluginHost.load(config)
+        parser = _build_parser(host, prog)
+        args = parser.parse_args(argv)
+        for opt in host.options:
+            dest = _dest(opt.flags, opt.kwargs)
+            value = getattr(args, dest, None)
+            if value is not None and value is not False and args.command in opt.commands:
+                opt.apply(value, raw)
+        cli = Cli(args, raw, source, host)
+        handler: Callable[[argparse.Namespace, Cli], Any] = args.handler
+        outcome = handler(args, cli)
+        if inspect.isawaitable(outcome):
+            async def _await() -> Any:
+                return await outcome
+
+            outcome = cli.run(_await)
+        return int(outcome or EXIT_OK)
+    except ConfigError as exc:
+        err.write(f"nattrav: {exc}\n")
+        return EXIT_USAGE
+    except UsageError as exc:
+        err.write(f"{exc}\n")
+        return EXIT_USAGE
+    except ChainExhausted as exc:
+        err.write(f"nattrav: {exc}\n")
+        return EXIT_FAILED
+    except NatTravError as exc:
+        err.write(f"nattrav: {exc}\n")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        err.write("nattrav: interrupted\n")
+        return 130
+
+
+def _dest(flags: Sequence[str], kwargs: Mapping[str, Any]) -> str:
+    if "dest" in kwargs:
+        return str(kwargs["dest"])
+    longest = max(flags, key=len)
+    return longest.lstrip("-").replace("-", "_")
+
+
+def plugins_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``nattrav-plugins``: ``nattrav-plugins list [--json]``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write("usage: nattrav-plugins list [--json]\n")
+        return EXIT_OK if argv else EXIT_USAGE
+    return main(["plugins", *argv], prog="nattrav-plugins")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

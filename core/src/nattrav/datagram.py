@@ -1,0 +1,217 @@
+"""One UDP port shared by nattrav's protocols and the application.
+
+Why: a NAT mapping belongs to a local port. The STUN binding that discovers the public address,
+the keepalives that hold it open and the application's own datagrams must all leave from the
+same socket, or the public address the user was given stops being valid. ``DatagramMux`` owns
+one socket per IP family bound to the same port number and demultiplexes what arrives:
+each subscriber (a protocol driver) gives a classifier (RFC 7983 style: look at the first byte,
+the magic cookie); the first classifier that claims a datagram gets it; everything else goes to
+the application channel. Core knows no protocol: classifiers come from plugins.
+
+Queues are bounded; a datagram arriving at a full queue is dropped and counted (UDP semantics,
+and a flood cannot grow memory).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import anyio
+import anyio.abc
+import attrs
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from nattrav.errors import MethodUnavailable, NatTravError
+from nattrav.models import Transport, TransportAddress
+
+__all__ = ["DatagramMux", "Subscription"]
+
+Classifier = Callable[[bytes, TransportAddress], bool]
+Datagram = tuple[bytes, TransportAddress]
+
+
+def _bind(family: socket.AddressFamily, port: int, host: str | None) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            # A separate IPv4 socket holds the same port number; keep the families apart.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+@attrs.define(eq=False)
+class Subscription:
+    """Datagrams claimed by one classifier. Iterate, or call ``receive()``."""
+
+    name: str
+    classifier: Classifier
+    _send: MemoryObjectSendStream[Datagram]
+    _recv: MemoryObjectReceiveStream[Datagram]
+    dropped: int = 0
+
+    async def receive(self) -> Datagram:
+        return await self._recv.receive()
+
+    def receive_nowait(self) -> Datagram:
+        return self._recv.receive_nowait()
+
+    def __aiter__(self) -> AsyncIterator[Datagram]:
+        return self._recv.__aiter__()
+
+
+class _AppChannel:
+    """The application's view of the mux: datagrams no protocol claimed."""
+
+    def __init__(self, mux: DatagramMux) -> None:
+        self._mux = mux
+
+    async def send_to(self, data: bytes, peer: TransportAddress) -> None:
+        await self._mux.send_to(data, peer)
+
+    async def receive(self) -> Datagram:
+        return await self._mux._app_recv.receive()
+
+
+class DatagramMux:
+    """UDP sockets (IPv4 and/or IPv6) on one port, demultiplexed by classifier.
+
+    Use ``async with DatagramMux.open(port) as mux``; ``mux.app`` is the application's channel.
+    """
+
+    def __init__(self, sockets: dict[int, anyio.abc.UDPSocket], port: int, queue: int) -> None:
+        self._sockets = sockets
+        self.port = port
+        self._queue = queue
+        self._subs: list[Subscription] = []
+        self._app_send, self._app_recv = anyio.create_memory_object_stream[Datagram](queue)
+        self.app = _AppChannel(self)
+        self.app_dropped = 0
+        self.received = 0
+
+    @property
+    def families(self) -> frozenset[int]:
+        return frozenset(self._sockets)
+
+    def local_address(self, family: int) -> TransportAddress:
+        host, port = self._sockets[family].extra(anyio.abc.SocketAttribute.local_address)[:2]
+        return TransportAddress(str(host), int(port))
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        port: int = 0,
+        *,
+        families: frozenset[int] | set[int] = frozenset({4, 6}),
+        host4: str | None = None,
+        host6: str | None = None,
+        queue: int = 512,
+    ) -> AsyncIterator[DatagramMux]:
+        """Bind ``port`` (0: pick one) for each family; skip a family the host lacks."""
+        raw: dict[int, socket.socket] = {}
+        errors: list[str] = []
+        try:
+            order = sorted(families)  # IPv4 first: it decides the port number when port == 0
+            for fam in order:
+                af = socket.AF_INET if fam == 4 else socket.AF_INET6
+                want = port or (next(iter(raw.values())).getsockname()[1] if raw else 0)
+                try:
+                    raw[fam] = _bind(af, want, host4 if fam == 4 else host6)
+                except OSError as exc:
+                    errors.append(f"IPv{fam} port {want}: {exc.strerror or exc}")
+            if not raw:
+                raise MethodUnavailable("socket", "cannot bind UDP: " + "; ".join(errors))
+            bound_port = next(iter(raw.values())).getsockname()[1]
+            wrapped = {fam: await anyio.abc.UDPSocket.from_socket(s) for fam, s in raw.items()}
+        except BaseException:
+            for s in raw.values():
+                s.close()
+            raise
+        mux = cls(wrapped, bound_port, queue)
+        try:
+            async with anyio.create_task_group() as tg:
+                for sock in wrapped.values():
+                    tg.start_soon(mux._reader, sock)
+                yield mux
+                tg.cancel_scope.cancel()
+        finally:
+            for sock in wrapped.values():
+                with suppress(Exception):
+                    await sock.aclose()
+            mux._app_send.close()
+            for sub in mux._subs:
+                sub._send.close()
+
+    def subscribe(self, name: str, classifier: Classifier, *, size: int | None = None) -> Subscription:
+        """Claim datagrams for which ``classifier(data, source)`` is true (first claim wins)."""
+        send, recv = anyio.create_memory_object_stream[Datagram](size or self._queue)
+        sub = Subscription(name, classifier, send, recv)
+        self._subs.append(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        with suppress(ValueError):
+            self._subs.remove(sub)
+        sub._send.close()
+
+    @asynccontextmanager
+    async def subscription(self, name: str, classifier: Classifier) -> AsyncIterator[Subscription]:
+        sub = self.subscribe(name, classifier)
+        try:
+            yield sub
+        finally:
+            self.unsubscribe(sub)
+
+    async def send_to(self, data: bytes, peer: TransportAddress | tuple[str, int]) -> None:
+        if isinstance(peer, TransportAddress):
+            host, port, fam = peer.host, peer.port, peer.family
+        else:
+            host, port = peer
+            fam = 6 if ":" in host else 4
+        sock = self._sockets.get(fam)
+        if sock is None:
+            raise NatTravError(f"no IPv{fam} socket on port {self.port} to reach {host}")
+        await sock.sendto(data, host, port)
+
+    async def _reader(self, sock: anyio.abc.UDPSocket) -> None:
+        while True:
+            try:
+                data, addr = await sock.receive()
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                return
+            except OSError:
+                # ICMP errors surface as ECONNREFUSED on the next receive: not fatal to the port.
+                continue
+            self._dispatch(data, addr)
+
+    def _dispatch(self, data: bytes, addr: Any) -> None:
+        self.received += 1
+        try:
+            source = TransportAddress(str(addr[0]).split("%", 1)[0], int(addr[1]), Transport.UDP)
+        except ValueError:
+            return
+        for sub in self._subs:
+            try:
+                claimed = sub.classifier(data, source)
+            except Exception:
+                claimed = False
+            if claimed:
+                try:
+                    sub._send.send_nowait((data, source))
+                except anyio.WouldBlock:
+                    sub.dropped += 1
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    continue
+                return
+        try:
+            self._app_send.send_nowait((data, source))
+        except (anyio.WouldBlock, anyio.BrokenResourceError):
+            self.app_dropped += 1

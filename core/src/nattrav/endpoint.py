@@ -1,0 +1,92 @@
+"""``open_endpoint``: the library's main entry, a public endpoint held by an async context.
+
+::
+
+    async with nattrav.open_endpoint(5000) as ep:
+        print(ep.address)            # what a remote peer sends to
+        await ep.send_to(b"hi", peer)
+        data, peer = await ep.receive()
+
+The endpoint is a datagram endpoint on the same local port nattrav used to obtain the public
+address (or, when the relay won, the relay allocation), so the public address stays valid for
+the application's own traffic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+
+from nattrav.chain import Held
+from nattrav.config import Config
+from nattrav.errors import NatTravError
+from nattrav.method import DatagramChannel
+from nattrav.models import (
+    Goal,
+    LeaseEvent,
+    Transport,
+    TransportAddress,
+    TraversalRequest,
+    TraversalResult,
+)
+from nattrav.runtime import Runtime
+
+__all__ = ["Endpoint", "open_endpoint"]
+
+
+@attrs.define(eq=False)
+class Endpoint:
+    """A held public endpoint. ``result`` explains how it was obtained."""
+
+    result: TraversalResult
+    channel: DatagramChannel | None
+    mux: Any = None
+
+    @property
+    def address(self) -> TransportAddress:
+        return self.result.endpoint
+
+    @property
+    def method(self) -> str:
+        return self.result.method
+
+    def _path(self) -> DatagramChannel:
+        if self.channel is not None:
+            return self.channel
+        if self.mux is not None:
+            app: DatagramChannel = self.mux.app
+            return app
+        raise NatTravError("this endpoint carries no datagrams (TCP request)")
+
+    async def send_to(self, data: bytes, peer: TransportAddress) -> None:
+        await self._path().send_to(data, peer)
+
+    async def receive(self) -> tuple[bytes, TransportAddress]:
+        return await self._path().receive()
+
+
+@asynccontextmanager
+async def open_endpoint(
+    port: int = 0,
+    *,
+    protocol: Transport | str = Transport.UDP,
+    goal: Goal | str | None = None,
+    lifetime: float = 3600.0,
+    config: Config | str | None = None,
+    runtime: Runtime | None = None,
+    on_event: Callable[[LeaseEvent], None] | None = None,
+) -> AsyncIterator[Endpoint]:
+    """Obtain a public endpoint for local ``port`` by the best method available; hold it.
+
+    Raises ``ChainExhausted`` when no method succeeds, ``ConfigError`` for a bad config.
+    """
+    rt = runtime or Runtime.load(config)
+    transport = Transport(protocol) if isinstance(protocol, str) else protocol
+    goal_value = Goal(goal) if isinstance(goal, str) else (goal or rt.config.chain.goal)
+    request = TraversalRequest(port=port, transport=transport, goal=goal_value, lifetime=lifetime)
+    async with rt.traverse(request, on_event=on_event) as (held, mux):
+        assert isinstance(held, Held)
+        yield Endpoint(held.result, held.channel, mux)

@@ -1,0 +1,305 @@
+"""Plugin discovery, loading with failure isolation, and the typed hook facade.
+
+Theory of operation
+-------------------
+``PluginHost.load()`` builds a fresh pluggy ``PluginManager`` (never at import time) and walks
+the entry points of the group ``nattrav`` one by one. Each is imported and registered inside its
+own try/except: a plugin that fails to import, fails registration, or raises in a registration
+hook is recorded as *broken* with its distribution and the error, its registrations are
+dropped, it is unregistered, and loading carries on. ``NATTRAV_DISABLE_PLUGINS=a,b`` marks
+plugins *blocked* without importing them.
+
+Registration hooks are called per plugin (not through ``pm.hook``) so a failure can be pinned
+to the plugin that caused it. Everything else goes through ``Hooks``, a typed facade: no other
+module calls ``pm.hook`` directly.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib.metadata as md
+import inspect
+import logging
+import os
+import types
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+import pluggy
+
+from nattrav import hookspecs
+from nattrav.config import Config
+from nattrav.errors import ConfigError, PluginError
+from nattrav.models import AttemptRecord, LeaseEvent, TraversalRequest, TraversalResult
+from nattrav.registry import (
+    CommandRegistry,
+    MethodRegistry,
+    MethodSpec,
+    OptionRegistry,
+    PathProbeRegistry,
+    ReportRegistry,
+    SignalerRegistry,
+    VerifierRegistry,
+    _Registry,
+)
+from nattrav.resilience import BreakerPolicy, BreakerState, RetryPolicy
+
+__all__ = ["ENTRY_POINT_GROUP", "Hooks", "PluginHost", "PluginRecord", "PluginStatus"]
+
+ENTRY_POINT_GROUP = "nattrav"
+log = logging.getLogger("nattrav.plugins")
+
+
+class PluginStatus(enum.Enum):
+    OK = "ok"
+    BLOCKED = "blocked"
+    BROKEN = "broken"
+
+
+@attrs.define
+class PluginRecord:
+    """What ``nattrav-plugins list`` shows for one plugin."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    status: PluginStatus
+    error: str | None = None
+    hooks: list[str] = attrs.field(factory=list)
+    methods: list[tuple[str, int]] = attrs.field(factory=list)
+    builtin: bool = False
+    module: str | None = None
+
+
+def disabled_from_env(environ: Mapping[str, str] | None = None) -> frozenset[str]:
+    env = os.environ if environ is None else environ
+    raw = env.get("NATTRAV_DISABLE_PLUGINS", "")
+    return frozenset(p.strip() for p in raw.split(",") if p.strip())
+
+
+# The registration hooks and the arguments they take (besides the registry).
+_REGISTRATION_HOOKS: dict[str, tuple[str, type[_Registry[Any]], bool]] = {
+    # hook name -> (registry attribute, registry class, receives plugin config)
+    "nattrav_register_methods": ("methods", MethodRegistry, True),
+    "nattrav_register_verifiers": ("verifiers", VerifierRegistry, True),
+    "nattrav_register_path_probes": ("path_probes", PathProbeRegistry, True),
+    "nattrav_register_report_sections": ("report_sections", ReportRegistry, True),
+    "nattrav_register_signalers": ("signalers", SignalerRegistry, True),
+    "nattrav_register_commands": ("commands", CommandRegistry, False),
+    "nattrav_register_options": ("options", OptionRegistry, False),
+}
+
+
+@attrs.define
+class PluginHost:
+    """Loaded plugins, their records and everything they registered."""
+
+    pm: pluggy.PluginManager
+    config: Config
+    records: dict[str, PluginRecord] = attrs.field(factory=dict)
+    methods: MethodRegistry = attrs.field(factory=MethodRegistry)
+    verifiers: VerifierRegistry = attrs.field(factory=VerifierRegistry)
+    path_probes: PathProbeRegistry = attrs.field(factory=PathProbeRegistry)
+    report_sections: ReportRegistry = attrs.field(factory=ReportRegistry)
+    signalers: SignalerRegistry = attrs.field(factory=SignalerRegistry)
+    commands: CommandRegistry = attrs.field(factory=CommandRegistry)
+    options: OptionRegistry = attrs.field(factory=OptionRegistry)
+    hooks: Hooks = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.hooks = Hooks(self.pm, self.config)
+
+    @classmethod
+    def load(
+        cls,
+        config: Config | None = None,
+        *,
+        entry_points: Iterable[md.EntryPoint] | None = None,
+        disabled: Iterable[str] | None = None,
+        builtins: bool = True,
+        extra: Sequence[tuple[str, object]] = (),
+    ) -> PluginHost:
+        """Discover, import and register plugins; never raises for a single bad plugin.
+
+        ``entry_points`` defaults to the installed ones of the group ``nattrav``; ``extra``
+        registers in-process plugins (name, module-or-object), as the pytest fixtures do.
+        """
+        pm = pluggy.PluginManager(hookspecs.PROJECT)
+        pm.add_hookspecs(hookspecs)
+        host = cls(pm=pm, config=config or Config())
+        blocked = disabled_from_env() if disabled is None else frozenset(disabled)
+        if builtins:
+            from nattrav import direct
+
+            host._add(
+                "direct",
+                direct,
+                PluginRecord("direct", "nattrav", _version("nattrav"), PluginStatus.OK, builtin=True),
+                blocked,
+            )
+        eps = _installed_entry_points() if entry_points is None else list(entry_points)
+        for ep in sorted(eps, key=lambda e: e.name):
+            dist = ep.dist.name if ep.dist is not None else None
+            version = ep.dist.version if ep.dist is not None else None
+            record = PluginRecord(ep.name, dist, version, PluginStatus.OK, module=ep.value)
+            if ep.name in host.records:
+                record.status = PluginStatus.BROKEN
+                record.error = f"duplicate plugin name {ep.name!r} (already loaded)"
+                host.records[f"{ep.name} ({dist})"] = record
+                continue
+            if ep.name in blocked:
+                record.status = PluginStatus.BLOCKED
+                record.error = "disabled by NATTRAV_DISABLE_PLUGINS"
+                host.records[ep.name] = record
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # isolate any import-time failure
+                record.status = PluginStatus.BROKEN
+                record.error = f"import failed: {type(exc).__name__}: {exc}"
+                host.records[ep.name] = record
+                log.warning("plugin %s (%s) failed to import: %s", ep.name, dist, exc)
+                continue
+            host._add(ep.name, plugin, record, blocked)
+        for name, plugin in extra:
+            host._add(name, plugin, PluginRecord(name, None, None, PluginStatus.OK), blocked)
+        return host
+
+    def _add(
+        self, name: str, plugin: object, record: PluginRecord, blocked: frozenset[str]
+    ) -> None:
+        self.records[name] = record
+        if name in blocked:
+            record.status = PluginStatus.BLOCKED
+            record.error = "disabled by NATTRAV_DISABLE_PLUGINS"
+            return
+        try:
+            self.pm.register(plugin, name=name)
+        except Exception as exc:  # pluggy validation errors, name clashes
+            record.status = PluginStatus.BROKEN
+            record.error = f"registration failed: {type(exc).__name__}: {exc}"
+            return
+        record.hooks = sorted(
+            hc.name for hc in (self.pm.get_hookcallers(plugin) or []) if hc.name.startswith("nattrav_")
+        )
+        try:
+            self._run_registration_hooks(name, plugin)
+        except Exception as exc:
+            record.status = PluginStatus.BROKEN
+            record.error = _describe(exc)
+            for attr, _cls, _cfg in _REGISTRATION_HOOKS.values():
+                getattr(self, attr).drop_plugin(name)
+            self.pm.unregister(plugin)
+            log.warning("plugin %s is broken: %s", name, record.error)
+            return
+        record.methods = [(m, self.methods[m].priority) for m in self.methods.names_of(name)]
+
+    def _run_registration_hooks(self, name: str, plugin: object) -> None:
+        table = self.config.plugin_table(name)
+        for hook_name, (attr, _cls, with_config) in _REGISTRATION_HOOKS.items():
+            impl = getattr(plugin, hook_name, None)
+            if impl is None or not _is_hookimpl(impl):
+                continue
+            registry = getattr(self, attr)
+            registry.current_plugin = name
+            kwargs: dict[str, Any] = {"registry": registry}
+            if with_config:
+                kwargs["config"] = table
+            _call_with_accepted(impl, kwargs)
+
+    # ---------------------------------------------------------------- queries
+
+    def ok_plugins(self) -> list[PluginRecord]:
+        return [r for r in self.records.values() if r.status is PluginStatus.OK]
+
+    def method_specs(self) -> list[MethodSpec]:
+        return self.methods.ordered()
+
+
+def _is_hookimpl(obj: object) -> bool:
+    return hasattr(obj, f"{hookspecs.PROJECT}_impl")
+
+
+def _call_with_accepted(func: Callable[..., Any], kwargs: Mapping[str, Any]) -> Any:
+    """Call a hook implementation with the subset of arguments it declares (pluggy's rule)."""
+    params = inspect.signature(func).parameters
+    return func(**{k: v for k, v in kwargs.items() if k in params})
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, PluginError | ConfigError):
+        return str(exc)
+    return f"hook raised {type(exc).__name__}: {exc}"
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+def _installed_entry_points() -> list[md.EntryPoint]:
+    return list(md.entry_points(group=ENTRY_POINT_GROUP))
+
+
+class Hooks:
+    """Typed facade over ``pm.hook``: the only place that calls hooks after registration.
+
+    Observer hooks (telemetry, breaker changes) must never break the chain: an exception from
+    an observer is logged and swallowed.
+    """
+
+    def __init__(self, pm: pluggy.PluginManager, config: Config) -> None:
+        self._pm = pm
+        self._config = config
+
+    def adjust_chain(self, chain: list[MethodSpec]) -> None:
+        self._pm.hook.nattrav_adjust_chain(chain=chain, config=self._config)
+
+    def retry_policy(self, method: str) -> RetryPolicy | None:
+        result: RetryPolicy | None = self._pm.hook.nattrav_retry_policy(
+            method=method, config=self._config
+        )
+        return result
+
+    def breaker_policy(self, name: str) -> BreakerPolicy | None:
+        result: BreakerPolicy | None = self._pm.hook.nattrav_breaker_policy(
+            name=name, config=self._config
+        )
+        return result
+
+    def _observe(self, hook: str, **kwargs: Any) -> None:
+        try:
+            getattr(self._pm.hook, hook)(**kwargs)
+        except Exception:
+            log.exception("observer hook %s raised; ignored", hook)
+
+    def breaker_state_changed(self, name: str, old: BreakerState, new: BreakerState) -> None:
+        self._observe("nattrav_breaker_state_changed", name=name, old=old, new=new)
+
+    def attempt_started(self, method: str, request: TraversalRequest, attempt: int) -> None:
+        self._observe("nattrav_attempt_started", method=method, request=request, attempt=attempt)
+
+    def attempt_finished(self, record: AttemptRecord) -> None:
+        self._observe("nattrav_attempt_finished", record=record)
+
+    def chain_finished(
+        self,
+        request: TraversalRequest,
+        result: TraversalResult | None,
+        attempts: tuple[AttemptRecord, ...],
+    ) -> None:
+        self._observe("nattrav_chain_finished", request=request, result=result, attempts=attempts)
+
+    def lease_event(self, event: LeaseEvent) -> None:
+        self._observe("nattrav_lease_event", event=event)
+
+
+def module_plugin(name: str, **hooks: Callable[..., Any]) -> types.ModuleType:
+    """Build an in-memory plugin module from hook functions (used by tests and fixtures)."""
+    module = types.ModuleType(f"nattrav_inline_{name}")
+    for hook_name, func in hooks.items():
+        setattr(module, hook_name, hookspecs.hookimpl(func))
+    return module

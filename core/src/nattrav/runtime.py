@@ -1,0 +1,106 @@
+"""A runtime: the loaded plugins, the config, the breakers and telemetry, bound together.
+
+Applications build one ``Runtime`` (or let ``open_endpoint`` build one) and ask it for chains.
+Everything that would otherwise be global state lives here, so two runtimes in one process
+(say, two tenants with different configs) do not share breaker state or plugin managers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from opentelemetry import metrics, trace
+
+from nattrav.chain import Chain, Held, assemble
+from nattrav.config import Config, load_config
+from nattrav.models import LeaseEvent, Transport, TraversalRequest
+from nattrav.plugins import PluginHost
+from nattrav.resilience import BreakerBoard, BreakerState
+from nattrav.telemetry import Telemetry
+
+__all__ = ["Runtime"]
+
+
+class Runtime:
+    """Plugins + config + breakers + telemetry. Cheap to build; holds no sockets."""
+
+    def __init__(
+        self,
+        host: PluginHost,
+        *,
+        telemetry: Telemetry | None = None,
+        breakers: BreakerBoard | None = None,
+    ) -> None:
+        self.host = host
+        self.config = host.config
+        self.telemetry = telemetry or Telemetry()
+        self.breakers = breakers or BreakerBoard(
+            policy_for=self._breaker_policy, on_change=self._breaker_changed
+        )
+
+    @classmethod
+    def load(
+        cls,
+        config: Config | str | os.PathLike[str] | None = None,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+        disabled: Iterable[str] | None = None,
+        extra_plugins: Sequence[tuple[str, object]] = (),
+        entry_points: Iterable[Any] | None = None,
+    ) -> Runtime:
+        """Load the config (a ``Config``, a path, or the default lookup) and the plugins."""
+        cfg = config if isinstance(config, Config) else load_config(config)
+        host = PluginHost.load(
+            cfg, disabled=disabled, extra=extra_plugins, entry_points=entry_points
+        )
+        return cls(host, telemetry=Telemetry(tracer_provider, meter_provider))
+
+    def _breaker_policy(self, name: str) -> Any:
+        return self.host.hooks.breaker_policy(name) or self.config.breaker.policy()
+
+    def _breaker_changed(self, name: str, old: BreakerState, new: BreakerState) -> None:
+        self.telemetry.record_breaker(name, new)
+        self.host.hooks.breaker_state_changed(name, old, new)
+
+    def method_settings(self, plugin: str) -> Mapping[str, Any]:
+        return self.config.plugin_table(plugin)
+
+    def chain(self) -> Chain:
+        """Assemble the chain from the installed methods (raises ``ConfigError`` on bad order)."""
+        specs = assemble(self.host.method_specs(), self.config, self.host.hooks)
+        return Chain(
+            specs,
+            config=self.config,
+            hooks=self.host.hooks,
+            breakers=self.breakers,
+            telemetry=self.telemetry,
+            verifiers=list(self.host.verifiers),
+            path_probes=list(self.host.path_probes),
+            settings=self.method_settings,
+        )
+
+    @asynccontextmanager
+    async def traverse(
+        self,
+        request: TraversalRequest,
+        *,
+        on_event: Callable[[LeaseEvent], None] | None = None,
+    ) -> AsyncIterator[tuple[Held, Any]]:
+        """Run the chain for ``request`` with a shared UDP socket on its port (UDP requests).
+
+        Yields ``(held, mux)``; ``mux`` is ``None`` for TCP requests.
+        """
+        chain = self.chain()
+        if request.transport is Transport.UDP:
+            from nattrav.datagram import DatagramMux
+
+            async with DatagramMux.open(request.port, families=request.families) as mux:
+                async with chain.run(request, sockets=mux, on_event=on_event) as held:
+                    yield held, mux
+        else:
+            async with chain.run(request, on_event=on_event) as held:
+                yield held, None
