@@ -42,6 +42,7 @@ import anyio
 import anyio.abc
 import attrs
 import stamina
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from opentelemetry import trace
 
 from nattrav.config import Config
@@ -69,6 +70,7 @@ from nattrav.models import (
 from nattrav.plugins import Hooks
 from nattrav.registry import MethodSpec, PathProbeSpec, VerifierSpec
 from nattrav.resilience import BreakerBoard, RetryPolicy
+from nattrav.taskgroups import single_errors, sole_exception
 from nattrav.telemetry import Telemetry
 
 __all__ = ["Chain", "Held", "assemble"]
@@ -77,7 +79,9 @@ __all__ = ["Chain", "Held", "assemble"]
 RELEASE_BOUND = 10.0
 
 
-def assemble(specs: Sequence[MethodSpec], config: Config, hooks: Hooks | None = None) -> list[MethodSpec]:
+def assemble(
+    specs: Sequence[MethodSpec], config: Config, hooks: Hooks | None = None
+) -> list[MethodSpec]:
     """Order ``specs`` by priority (config may override a priority), then ``order``, minus
     ``disabled``, then let plugins adjust. Unknown names in ``order`` are a ``ConfigError``."""
     known = {s.name for s in specs}
@@ -127,6 +131,7 @@ class _Attempt:
     acquisition: Acquisition | None = None
     record: AttemptRecord | None = None
     running: bool = True
+    failure: MethodError | None = None  # the held endpoint was lost for good
 
 
 class Chain:
@@ -148,9 +153,7 @@ class Chain:
         self.specs = list(specs)
         self.hooks = hooks
         self.telemetry = telemetry or Telemetry()
-        self.breakers = breakers or BreakerBoard(
-            policy_for=lambda _n: self.config.breaker.policy()
-        )
+        self.breakers = breakers or BreakerBoard(policy_for=lambda _n: self.config.breaker.policy())
         self.verifiers = list(verifiers)
         self.path_probes = list(path_probes)
         self._settings = settings or (lambda name: self.config.plugin_table(name))
@@ -196,9 +199,7 @@ class Chain:
             if on_event is not None:
                 on_event(event)
 
-        events_send, events_recv = anyio.create_memory_object_stream[_Attempt](
-            2 * len(specs) + 2
-        )
+        events_send, events_recv = anyio.create_memory_object_stream[_Attempt](2 * len(specs) + 2)
         attempts: list[_Attempt] = []
         winner: _Attempt | None = None
         chain_span = self.telemetry.tracer.start_span(
@@ -209,60 +210,89 @@ class Chain:
                 "nattrav.port": request.port,
             },
         )
+        exhausted: ChainExhausted | None = None
         try:
-            async with anyio.create_task_group() as tg:
-                with trace.use_span(chain_span, end_on_exit=False):
-                    winner = await self._decide(
-                        tg, specs, attempts, request, sockets, emit, events_send, events_recv
-                    )
-                    records = tuple(_final_record(a, winner) for a in attempts)
-                    if winner is None or winner.acquisition is None:
-                        chain_span.set_attribute("nattrav.outcome", "exhausted")
-                        if self.hooks:
-                            self.hooks.chain_finished(request, None, records)
-                        self.telemetry.record_chain(None)
-                        raise ChainExhausted(list(records), goal=request.goal.value)
-                    acquisition = winner.acquisition
-                    kept = tuple(
-                        a.record.candidate
-                        for a in attempts
-                        if a is not winner and a.record is not None and a.record.candidate
-                    )
-                    result = TraversalResult(
-                        goal=request.goal,
-                        candidate=acquisition.candidate,
-                        attempts=records,
-                        candidates=(acquisition.candidate, *acquisition.also, *kept),
-                        strategy=strategy,
-                    )
-                    if self.config.chain.probe_paths and self.path_probes:
-                        path = await self._probe_paths(result, request, sockets, emit)
-                        result = attrs.evolve(result, path=path)
-                    chain_span.set_attribute("nattrav.outcome", "succeeded")
-                    chain_span.set_attribute("nattrav.method", result.method)
-                    chain_span.set_attribute("nattrav.endpoint", str(result.endpoint))
-                    chain_span.end()
-                    if self.hooks:
-                        self.hooks.chain_finished(request, result, records)
-                    self.telemetry.record_chain(result.method)
-                emit(
-                    LeaseEvent(
-                        LeaseEventKind.ACQUIRED,
-                        result.method,
-                        result.endpoint,
-                        f"{result.candidate.kind.value} endpoint via {result.method}",
-                    )
-                )
-                try:
-                    yield Held(result, acquisition.channel)
-                finally:
-                    winner.release.set()
-                    with anyio.CancelScope(shield=True):
-                        await winner.done.wait()
-                    emit(LeaseEvent(LeaseEventKind.RELEASED, result.method, result.endpoint))
+            with single_errors():
+                async with anyio.create_task_group() as tg:
+                    with trace.use_span(chain_span, end_on_exit=False):
+                        winner = await self._decide(
+                            tg, specs, attempts, request, sockets, emit, events_send, events_recv
+                        )
+                        records = tuple(_final_record(a, winner) for a in attempts)
+                        if winner is None or winner.acquisition is None:
+                            chain_span.set_attribute("nattrav.outcome", "exhausted")
+                            if self.hooks:
+                                self.hooks.chain_finished(request, None, records)
+                            self.telemetry.record_chain(None)
+                            exhausted = ChainExhausted(list(records), goal=request.goal.value)
+                        else:
+                            result = await self._result(
+                                winner, attempts, records, request, strategy, sockets, emit
+                            )
+                            chain_span.set_attribute("nattrav.outcome", "succeeded")
+                            chain_span.set_attribute("nattrav.method", result.method)
+                            chain_span.set_attribute("nattrav.endpoint", str(result.endpoint))
+                            chain_span.end()
+                            if self.hooks:
+                                self.hooks.chain_finished(request, result, records)
+                            self.telemetry.record_chain(result.method)
+                    if exhausted is None and winner is not None:
+                        assert winner.acquisition is not None
+                        emit(
+                            LeaseEvent(
+                                LeaseEventKind.ACQUIRED,
+                                result.method,
+                                result.endpoint,
+                                f"{result.candidate.kind.value} endpoint via {result.method}",
+                            )
+                        )
+                        try:
+                            yield Held(result, winner.acquisition.channel)
+                        finally:
+                            winner.release.set()
+                            with anyio.CancelScope(shield=True):
+                                await winner.done.wait()
+                            emit(
+                                LeaseEvent(LeaseEventKind.RELEASED, result.method, result.endpoint)
+                            )
         finally:
+            events_send.close()
+            events_recv.close()
             if chain_span.is_recording():
                 chain_span.end()
+        if exhausted is not None:
+            raise exhausted
+        if winner is not None and winner.failure is not None:
+            raise winner.failure
+
+    async def _result(
+        self,
+        winner: _Attempt,
+        attempts: Sequence[_Attempt],
+        records: tuple[AttemptRecord, ...],
+        request: TraversalRequest,
+        strategy: str,
+        sockets: Any,
+        emit: Callable[[LeaseEvent], None],
+    ) -> TraversalResult:
+        assert winner.acquisition is not None
+        acquisition = winner.acquisition
+        kept = tuple(
+            a.record.candidate
+            for a in attempts
+            if a is not winner and a.record is not None and a.record.candidate
+        )
+        result = TraversalResult(
+            goal=request.goal,
+            candidate=acquisition.candidate,
+            attempts=records,
+            candidates=(acquisition.candidate, *acquisition.also, *kept),
+            strategy=strategy,
+        )
+        if self.config.chain.probe_paths and self.path_probes:
+            path = await self._probe_paths(result, request, sockets, emit)
+            result = attrs.evolve(result, path=path)
+        return result
 
     async def _decide(
         self,
@@ -272,8 +302,8 @@ class Chain:
         request: TraversalRequest,
         sockets: Any,
         emit: Callable[[LeaseEvent], None],
-        events_send: anyio.abc.ObjectSendStream[_Attempt],
-        events_recv: anyio.abc.ObjectReceiveStream[_Attempt],
+        events_send: MemoryObjectSendStream[_Attempt],
+        events_recv: MemoryObjectReceiveStream[_Attempt],
     ) -> _Attempt | None:
         """Launch attempts per the strategy until a winner is known or all are done; stop
         the losers and wait until they released what they held."""
@@ -293,7 +323,7 @@ class Chain:
                 telemetry=self.telemetry,
                 emit=emit,
             )
-            tg.start_soon(self._attempt, attempt, ctx, events_send.clone())
+            tg.start_soon(self._attempt, attempt, ctx, events_send.clone(), tg.cancel_scope)
 
         winner: _Attempt | None = None
         last_launch = -math.inf
@@ -373,7 +403,8 @@ class Chain:
         self,
         attempt: _Attempt,
         ctx: AttemptContext,
-        notify: anyio.abc.ObjectSendStream[_Attempt],
+        notify: MemoryObjectSendStream[_Attempt],
+        chain_scope: anyio.CancelScope,
     ) -> None:
         """One method's attempt: breaker check, acquisition with retries, then hold or stop."""
         spec = attempt.spec
@@ -398,58 +429,63 @@ class Chain:
                     err = CircuitOpen(spec.name, breaker.retry_after())
                     finish(_record(spec, AttemptOutcome.SKIPPED, err, start, 0))
                     return
-                async with anyio.create_task_group() as holder:
-                    try:
-                        tries, acquisition = await self._acquire(attempt, ctx, holder)
-                    except TimeoutError:
-                        breaker.failure()
-                        holder.cancel_scope.cancel()
+                try:
+                    async with anyio.create_task_group() as holder:
+                        try:
+                            tries, acquisition = await self._acquire(attempt, ctx, holder)
+                        except TimeoutError:
+                            breaker.failure()
+                            holder.cancel_scope.cancel()
+                            finish(
+                                AttemptRecord(
+                                    spec.name,
+                                    AttemptOutcome.TIMED_OUT,
+                                    f"no result within {self._timeout(spec):.1f} s",
+                                    anyio.current_time() - start,
+                                    max(tries, 1),
+                                    "TimeoutError",
+                                    priority=spec.priority,
+                                )
+                            )
+                            return
+                        except MethodError as exc:
+                            breaker.failure()
+                            holder.cancel_scope.cancel()
+                            outcome = (
+                                AttemptOutcome.UNAVAILABLE
+                                if isinstance(exc, MethodUnavailable)
+                                else AttemptOutcome.FAILED
+                            )
+                            finish(_record(spec, outcome, exc, start, getattr(exc, "_tries", 1)))
+                            return
+                        except Exception as exc:  # a plugin bug must not break the chain
+                            breaker.failure()
+                            holder.cancel_scope.cancel()
+                            finish(_record(spec, AttemptOutcome.FAILED, exc, start, max(tries, 1)))
+                            return
+                        breaker.success()
+                        met = ctx.request.goal.accepts(acquisition.candidate)
                         finish(
                             AttemptRecord(
                                 spec.name,
-                                AttemptOutcome.TIMED_OUT,
-                                f"no result within {self._timeout(spec):.1f} s",
+                                AttemptOutcome.SUCCEEDED if met else AttemptOutcome.INSUFFICIENT,
+                                _describe_candidate(acquisition.candidate, met),
                                 anyio.current_time() - start,
-                                max(tries, 1),
-                                "TimeoutError",
+                                tries,
+                                candidate=acquisition.candidate,
                                 priority=spec.priority,
                             )
                         )
-                        return
-                    except MethodError as exc:
-                        breaker.failure()
-                        holder.cancel_scope.cancel()
-                        outcome = (
-                            AttemptOutcome.UNAVAILABLE
-                            if isinstance(exc, MethodUnavailable)
-                            else AttemptOutcome.FAILED
-                        )
-                        finish(_record(spec, outcome, exc, start, getattr(exc, "_tries", 1)))
-                        return
-                    except Exception as exc:  # a plugin bug must not break the chain
-                        breaker.failure()
-                        holder.cancel_scope.cancel()
-                        finish(_record(spec, AttemptOutcome.FAILED, exc, start, max(tries, 1)))
-                        return
-                    breaker.success()
-                    met = ctx.request.goal.accepts(acquisition.candidate)
-                    finish(
-                        AttemptRecord(
-                            spec.name,
-                            AttemptOutcome.SUCCEEDED if met else AttemptOutcome.INSUFFICIENT,
-                            _describe_candidate(acquisition.candidate, met),
-                            anyio.current_time() - start,
-                            tries,
-                            candidate=acquisition.candidate,
-                            priority=spec.priority,
-                        )
-                    )
-                    if met:
-                        attempt.acquisition = acquisition
-                        _poke(notify, attempt)
-                    else:
-                        attempt.release.set()
-                    # The holder task group now waits until _hold is told to release.
+                        if met:
+                            attempt.acquisition = acquisition
+                            _poke(notify, attempt)
+                        else:
+                            attempt.release.set()
+                        # The holder task group now waits until _hold is told to release.
+                except Exception as exc:  # the held endpoint failed for good
+                    if attempt.acquisition is None:
+                        raise
+                    self._lost(attempt, ctx, exc, chain_scope)
             if attempt.scope.cancelled_caught and attempt.record is None:
                 breaker.cancelled()
                 finish(
@@ -469,6 +505,33 @@ class Chain:
             attempt.done.set()
             _poke(notify, attempt)
             notify.close()
+
+    def _lost(
+        self,
+        attempt: _Attempt,
+        ctx: AttemptContext,
+        exc: BaseException,
+        chain_scope: anyio.CancelScope,
+    ) -> None:
+        """The winner's endpoint failed beyond its own recovery: end the run with one error."""
+        cause = sole_exception(exc) if isinstance(exc, BaseExceptionGroup) else exc
+        cause = cause or exc
+        reason = (
+            cause.reason if isinstance(cause, MethodError) else f"{type(cause).__name__}: {cause}"
+        )
+        failure = MethodError(attempt.spec.name, f"endpoint lost: {reason}")
+        failure.__cause__ = cause
+        attempt.failure = failure
+        assert attempt.acquisition is not None
+        ctx.emit(
+            LeaseEvent(
+                LeaseEventKind.LOST,
+                attempt.spec.name,
+                attempt.acquisition.candidate.address,
+                reason,
+            )
+        )
+        chain_scope.cancel()
 
     async def _acquire(
         self,
@@ -520,7 +583,9 @@ class Chain:
         except MethodError as exc:
             exc._tries = tries  # type: ignore[attr-defined]
             raise
-        raise MethodError(spec.name, "no attempt made")  # pragma: no cover - stamina always runs once
+        raise MethodError(
+            spec.name, "no attempt made"
+        )  # pragma: no cover - stamina always runs once
 
     async def _verify(self, candidate: Candidate, ctx: AttemptContext) -> Any:
         """Ask verifiers to prove or refute inbound reachability; ``None`` when none can tell."""
@@ -566,7 +631,7 @@ async def _hold(
             tg.start_soon(wait_for, chain_release)
 
 
-def _poke(notify: anyio.abc.ObjectSendStream[_Attempt], attempt: _Attempt) -> None:
+def _poke(notify: MemoryObjectSendStream[_Attempt], attempt: _Attempt) -> None:
     """Wake the coordinator; never block (it may have stopped listening)."""
     try:
         notify.send_nowait(attempt)
@@ -607,7 +672,9 @@ def _record(
 
 def _skipped(index: int, spec: MethodSpec, reason: str) -> _Attempt:
     attempt = _Attempt(index, spec, running=False)
-    attempt.record = AttemptRecord(spec.name, AttemptOutcome.SKIPPED, reason, priority=spec.priority)
+    attempt.record = AttemptRecord(
+        spec.name, AttemptOutcome.SKIPPED, reason, priority=spec.priority
+    )
     return attempt
 
 
@@ -621,11 +688,7 @@ def _final_record(attempt: _Attempt, winner: _Attempt | None) -> AttemptRecord:
         else:
             why = f"cancelled: {winner.spec.name} won first"
         record = attrs.evolve(record, reason=why)
-    if (
-        winner is not None
-        and attempt is not winner
-        and record.outcome is AttemptOutcome.SUCCEEDED
-    ):
+    if winner is not None and attempt is not winner and record.outcome is AttemptOutcome.SUCCEEDED:
         # It succeeded too, but a better method won (or it lost the grace window).
         record = attrs.evolve(
             record,
@@ -637,9 +700,14 @@ def _final_record(attempt: _Attempt, winner: _Attempt | None) -> AttemptRecord:
 
 def _describe_candidate(candidate: Candidate, met: bool) -> str:
     r = candidate.reachability
-    verdict = "accepts unsolicited inbound" if r.inbound is Inbound.YES else (
-        "does not accept unsolicited inbound" if r.inbound is Inbound.NO
-        else "unsolicited inbound unknown"
+    verdict = (
+        "accepts unsolicited inbound"
+        if r.inbound is Inbound.YES
+        else (
+            "does not accept unsolicited inbound"
+            if r.inbound is Inbound.NO
+            else "unsolicited inbound unknown"
+        )
     )
     text = f"{candidate.kind.value} {candidate.address}: {verdict} ({r.how})"
     return text if met else f"{text}; kept as a hole-punching candidate"

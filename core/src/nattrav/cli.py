@@ -10,6 +10,7 @@ through hooks, so core stays free of protocol knowledge.
 from __future__ import annotations
 
 import argparse
+import copy
 import inspect
 import json
 import logging
@@ -37,7 +38,7 @@ class UsageError(NatTravError):
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so main() owns every exit code."""
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> Any:
         raise UsageError(f"{self.prog}: {message}")
 
 
@@ -57,6 +58,7 @@ class Cli:
         self.args = args
         self.json: bool = bool(getattr(args, "json", False))
         self.raw_config = raw_config
+        self.host_raw = copy.deepcopy(raw_config)
         self.config_source = config_source
         self.host = host
         self.out = out or sys.stdout
@@ -80,10 +82,9 @@ class Cli:
         if self._runtime is None:
             from nattrav.runtime import Runtime
 
-            if self.config is self.host.config:
-                host = self.host
-            else:
-                host = PluginHost.load(self.config)
+            # Flags may have changed the config the plugins registered with: reload if so.
+            same = self.raw_config == self.host_raw
+            host = self.host if same else PluginHost.load(self.config)
             self._runtime = Runtime(host)
         return self._runtime
 
@@ -110,7 +111,9 @@ class Cli:
 
     def table(self, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
         """A plain aligned table (no colour: it must read well in logs and pipes)."""
-        data = [[str(c) for c in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+        data = [[str(c) for c in headers]] + [
+            ["" if c is None else str(c) for c in r] for r in rows
+        ]
         widths = [max(len(r[i]) for r in data) for i in range(len(headers))]
         for n, row in enumerate(data):
             self.line("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
@@ -225,7 +228,9 @@ async def _map(args: argparse.Namespace, cli: Cli) -> int:
                         break
     except ChainExhausted as exc:
         if cli.json:
-            cli.out.write(json.dumps({"error": "exhausted", "attempts": to_jsonable(exc.failures)}) + "\n")
+            cli.out.write(
+                json.dumps({"error": "exhausted", "attempts": to_jsonable(exc.failures)}) + "\n"
+            )
             cli.out.flush()
         else:
             cli.err.write(f"nattrav: {exc}\n")
@@ -336,15 +341,16 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "nattrav") -> int:
         host = PluginHost.load(config)
         parser = _build_parser(host, prog)
         args = parser.parse_args(argv)
+        cli = Cli(args, raw, source, host)
         for opt in host.options:
             dest = _dest(opt.flags, opt.kwargs)
             value = getattr(args, dest, None)
             if value is not None and value is not False and args.command in opt.commands:
-                opt.apply(value, raw)
-        cli = Cli(args, raw, source, host)
+                opt.apply(value, cli.raw_config)
         handler: Callable[[argparse.Namespace, Cli], Any] = args.handler
         outcome = handler(args, cli)
         if inspect.isawaitable(outcome):
+
             async def _await() -> Any:
                 return await outcome
 

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import attrs
 import cattrs
-from cattrs.gen import make_dict_structure_fn
+from cattrs.gen import make_dict_structure_fn, override
 
 from nattrav.errors import ConfigError
 from nattrav.models import Goal
@@ -188,12 +188,37 @@ def _make_converter() -> cattrs.Converter:
         return dict(value)
 
     conv.register_structure_hook_func(lambda t: t == dict[str, Any], _table)
-    for cls in (Config, ChainConfig, RetryConfig, BreakerConfig, MethodConfig):
-        conv.register_structure_hook(
-            cls, make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True)
+    # Leaves first: a class's generated hook captures its fields' hooks when it is made.
+    for cls in (MethodConfig, ChainConfig, RetryConfig, BreakerConfig, Config):
+        attrs.resolve_types(cls)
+        overrides = {
+            f.name: override(struct_hook=_validated(conv, f))
+            for f in attrs.fields(cls)
+            if f.validator is not None
+        }
+        hook = make_dict_structure_fn(
+            cls,
+            conv,
+            _cattrs_forbid_extra_keys=True,
+            **overrides,  # type: ignore[arg-type]
         )
+        conv.register_structure_hook(cls, hook)
     conv.register_unstructure_hook(Goal, lambda g: g.value)
     return conv
+
+
+def _validated(conv: cattrs.Converter, field: attrs.Attribute[Any]) -> Any:
+    """Run a field's attrs validator while structuring, so its error is collected with the
+    others instead of stopping ``__init__`` after the first."""
+
+    def hook(value: Any, _t: Any) -> Any:
+        assert field.type is not None
+        result = conv.structure(value, field.type)
+        assert field.validator is not None
+        field.validator(None, field, result)
+        return result
+
+    return hook
 
 
 _CONVERTER = _make_converter()
@@ -204,10 +229,21 @@ def structure_config(raw: Mapping[str, Any], *, source: str | None = None) -> Co
     try:
         return _CONVERTER.structure(dict(raw), Config)
     except (cattrs.ClassValidationError, cattrs.IterableValidationError) as exc:
-        problems = cattrs.transform_error(exc, path="config")
+        problems = cattrs.transform_error(exc, path="config", format_exception=_format)
         raise ConfigError([_humanise(p) for p in problems], source=source) from None
     except (ValueError, TypeError) as exc:
         raise ConfigError([str(exc)], source=source) from None
+
+
+def _format(exc: BaseException, type_: Any) -> str:
+    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
+        return f"unknown key(s): {', '.join(sorted(exc.extra_fields))}"
+    if isinstance(exc, KeyError):
+        return "required key missing"
+    text = str(exc)
+    if text:
+        return text
+    return cattrs.v.format_exception(exc, type_)
 
 
 def _humanise(problem: str) -> str:

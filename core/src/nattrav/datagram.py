@@ -26,6 +26,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from nattrav.errors import MethodUnavailable, NatTravError
 from nattrav.models import Transport, TransportAddress
+from nattrav.taskgroups import single_errors
 
 __all__ = ["DatagramMux", "Subscription"]
 
@@ -101,8 +102,9 @@ class DatagramMux:
         return frozenset(self._sockets)
 
     def local_address(self, family: int) -> TransportAddress:
-        host, port = self._sockets[family].extra(anyio.abc.SocketAttribute.local_address)[:2]
-        return TransportAddress(str(host), int(port))
+        address = self._sockets[family].extra(anyio.abc.SocketAttribute.local_address)
+        assert isinstance(address, tuple)
+        return TransportAddress(str(address[0]), int(address[1]))
 
     @classmethod
     @asynccontextmanager
@@ -137,20 +139,25 @@ class DatagramMux:
             raise
         mux = cls(wrapped, bound_port, queue)
         try:
-            async with anyio.create_task_group() as tg:
-                for sock in wrapped.values():
-                    tg.start_soon(mux._reader, sock)
-                yield mux
-                tg.cancel_scope.cancel()
+            with single_errors():
+                async with anyio.create_task_group() as tg:
+                    for sock in wrapped.values():
+                        tg.start_soon(mux._reader, sock)
+                    yield mux
+                    tg.cancel_scope.cancel()
         finally:
             for sock in wrapped.values():
                 with suppress(Exception):
                     await sock.aclose()
             mux._app_send.close()
+            mux._app_recv.close()
             for sub in mux._subs:
                 sub._send.close()
+                sub._recv.close()
 
-    def subscribe(self, name: str, classifier: Classifier, *, size: int | None = None) -> Subscription:
+    def subscribe(
+        self, name: str, classifier: Classifier, *, size: int | None = None
+    ) -> Subscription:
         """Claim datagrams for which ``classifier(data, source)`` is true (first claim wins)."""
         send, recv = anyio.create_memory_object_stream[Datagram](size or self._queue)
         sub = Subscription(name, classifier, send, recv)
@@ -161,6 +168,7 @@ class DatagramMux:
         with suppress(ValueError):
             self._subs.remove(sub)
         sub._send.close()
+        sub._recv.close()
 
     @asynccontextmanager
     async def subscription(self, name: str, classifier: Classifier) -> AsyncIterator[Subscription]:

@@ -46,10 +46,8 @@ def _from_ifaddr() -> list[tuple[str, str, int]]:
     found: list[tuple[str, str, int]] = []
     for adapter in ifaddr.get_adapters():
         for ip in adapter.ips:
-            if isinstance(ip.ip, tuple):  # IPv6: (address, flowinfo, scope_id)
-                text = ip.ip[0]
-            else:
-                text = ip.ip
+            # IPv6 entries are (address, flowinfo, scope_id) tuples.
+            text = ip.ip[0] if isinstance(ip.ip, tuple) else ip.ip
             found.append((adapter.nice_name, text, ip.network_prefix))
     return found
 

@@ -225,7 +225,7 @@ class AttemptOutcome(enum.Enum):
 
 @attrs.frozen
 class AttemptRecord:
-    """One method's attempt in a chain run: the decision trace a user reads to learn "why relay?"."""
+    """One method's attempt in a chain run: the trace a user reads to learn "why relay?"."""
 
     method: str
     outcome: AttemptOutcome

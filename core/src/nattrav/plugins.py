@@ -135,7 +135,9 @@ class PluginHost:
             host._add(
                 "direct",
                 direct,
-                PluginRecord("direct", "nattrav", _version("nattrav"), PluginStatus.OK, builtin=True),
+                PluginRecord(
+                    "direct", "nattrav", _version("nattrav"), PluginStatus.OK, builtin=True
+                ),
                 blocked,
             )
         eps = _installed_entry_points() if entry_points is None else list(entry_points)
@@ -181,7 +183,9 @@ class PluginHost:
             record.error = f"registration failed: {type(exc).__name__}: {exc}"
             return
         record.hooks = sorted(
-            hc.name for hc in (self.pm.get_hookcallers(plugin) or []) if hc.name.startswith("nattrav_")
+            hc.name
+            for hc in (self.pm.get_hookcallers(plugin) or [])
+            if hc.name.startswith("nattrav_")
         )
         try:
             self._run_registration_hooks(name, plugin)

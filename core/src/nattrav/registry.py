@@ -180,7 +180,10 @@ class VerifierRegistry(_Registry[VerifierSpec]):
         kinds: frozenset[CandidateKind] | set[CandidateKind] | None = None,
     ) -> VerifierSpec:
         spec = VerifierSpec(
-            name, factory, self.current_plugin, frozenset(kinds) if kinds else frozenset(CandidateKind)
+            name,
+            factory,
+            self.current_plugin,
+            frozenset(kinds) if kinds else frozenset(CandidateKind),
         )
         self._put(name, spec)
         return spec
@@ -257,9 +260,7 @@ class SignalerRegistry(_Registry[SignalerSpec]):
 
     kind = "signaler"
 
-    def add(
-        self, factory: Callable[..., Any], *, name: str, description: str = ""
-    ) -> SignalerSpec:
+    def add(self, factory: Callable[..., Any], *, name: str, description: str = "") -> SignalerSpec:
         spec = SignalerSpec(name, factory, self.current_plugin, description)
         self._put(name, spec)
         return spec

@@ -46,7 +46,9 @@ class FakeMethod:
     ``behaviour``: ``succeed``; ``fail`` (non-retryable ``MethodError``); ``flaky`` (retryable
     failures for the first ``failures`` tries, then success); ``unavailable``; ``hang`` (never
     returns: for timeouts and cancellation); ``raise`` (a plain ``RuntimeError``, a plugin bug).
-    ``delay`` is slept before the outcome. ``events`` records ``acquire``/``release``/``cancel``.
+    ``delay`` is slept before the outcome; ``lose_after`` makes a held endpoint fail for good
+    after that many seconds (a lease the method cannot recover). ``events`` records
+    ``acquire``/``release``/``cancel``.
     """
 
     name: str
@@ -57,6 +59,7 @@ class FakeMethod:
     address: TransportAddress = attrs.field(factory=lambda: TransportAddress("198.51.100.7", 40000))
     lifetime: float | None = None
     failures: int = 1
+    lose_after: float | None = None
     events: list[str] = attrs.field(factory=list)
     tries: int = 0
 
@@ -98,7 +101,18 @@ class FakeMethod:
             lifetime=self.lifetime,
         )
         try:
-            yield Acquisition(candidate)
+            if self.lose_after is None:
+                yield Acquisition(candidate)
+            else:
+                async with anyio.create_task_group() as tg:
+
+                    async def lose() -> None:
+                        await anyio.sleep(self.lose_after or 0.0)
+                        raise MethodError(self.name, "fake: lease lost and not recoverable")
+
+                    tg.start_soon(lose)
+                    yield Acquisition(candidate)
+                    tg.cancel_scope.cancel()
         finally:
             self.events.append("release")
 
@@ -113,7 +127,9 @@ def nattrav_plugin() -> Callable[..., Any]:
 def nattrav_host() -> Callable[..., PluginHost]:
     """Return ``make(*(name, plugin), config=None, builtins=False)`` -> isolated PluginHost."""
 
-    def make(*plugins: tuple[str, object], config: Any = None, builtins: bool = False) -> PluginHost:
+    def make(
+        *plugins: tuple[str, object], config: Any = None, builtins: bool = False
+    ) -> PluginHost:
         return PluginHost.load(
             config, entry_points=[], disabled=(), builtins=builtins, extra=list(plugins)
         )

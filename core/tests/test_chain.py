@@ -1,0 +1,417 @@
+"""The chain's strategies, timeouts, retries, breakers, goals and verification, on both backends.
+
+Fake methods stand in for protocols here on purpose: the chain knows no protocol, and these tests
+pin its scheduling rules. Real protocol methods are exercised in the plugins' and lab tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import pytest
+from nattrav.chain import Chain, assemble
+from nattrav.config import structure_config
+from nattrav.errors import ChainExhausted, ConfigError
+from nattrav.models import (
+    AttemptOutcome,
+    CandidateKind,
+    Goal,
+    Inbound,
+    Reachability,
+    TraversalRequest,
+)
+from nattrav.plugins import PluginHost, module_plugin
+from nattrav.registry import VerifierRegistry
+from nattrav.resilience import BreakerState
+from nattrav.runtime import Runtime
+from nattrav.testing import FakeMethod
+
+pytestmark = pytest.mark.anyio
+
+
+def runtime_for(*methods: tuple[FakeMethod, int], **config: Any) -> Runtime:
+    def register(registry: Any) -> None:
+        for m, prio in methods:
+            registry.add(
+                m, name=m.name, priority=prio, kind=m.kind, timeout=config.pop("_timeout", 2.0)
+            )
+
+    raw: dict[str, Any] = {"retry": {"wait_initial": 0.0, "wait_jitter": 0.0}}
+    for section, values in config.items():
+        raw.setdefault(section, {}).update(values)
+    host = PluginHost.load(
+        structure_config(raw),
+        entry_points=[],
+        builtins=False,
+        disabled=(),
+        extra=[("fakes", module_plugin("fakes", nattrav_register_methods=register))],
+    )
+    return Runtime(host)
+
+
+def outcomes(result_attempts: Any) -> dict[str, str]:
+    return {a.method: a.outcome.value for a in result_attempts}
+
+
+async def test_sequential_stops_at_first_success() -> None:
+    a = FakeMethod("a", "fail")
+    b = FakeMethod("b", delay=0.01)
+    c = FakeMethod("c")
+    rt = runtime_for((a, 10), (b, 20), (c, 30), chain={"strategy": "sequential"})
+    async with rt.chain().run(TraversalRequest()) as held:
+        assert held.result.method == "b"
+        assert outcomes(held.result.attempts) == {"a": "failed", "b": "succeeded", "c": "skipped"}
+        assert not b.released
+    assert b.released
+    assert c.events == []
+
+
+async def test_race_starts_next_after_stagger_and_prefers_better_priority_in_grace() -> None:
+    slow_best = FakeMethod("best", delay=0.15)
+    fast_worse = FakeMethod("worse", delay=0.0)
+    rt = runtime_for((slow_best, 10), (fast_worse, 20), chain={"stagger": 0.05, "grace": 0.5})
+    t0 = anyio.current_time()
+    async with rt.chain().run(TraversalRequest()) as held:
+        elapsed = anyio.current_time() - t0
+        assert held.result.method == "best"  # arrived within the grace window
+        assert 0.12 < elapsed < 1.0
+        assert fast_worse.released  # the loser released what it acquired
+        attempts = {a.method: a for a in held.result.attempts}
+        assert attempts["worse"].outcome is AttemptOutcome.CANCELLED
+        assert "best was preferred" in attempts["worse"].reason
+
+
+async def test_race_grace_expires_and_the_hanging_better_method_is_cancelled() -> None:
+    hang = FakeMethod("hang", "hang")
+    ok = FakeMethod("ok")
+    rt = runtime_for((hang, 10), (ok, 20), chain={"stagger": 0.05, "grace": 0.1})
+    t0 = anyio.current_time()
+    async with rt.chain().run(TraversalRequest()) as held:
+        assert held.result.method == "ok"
+        assert anyio.current_time() - t0 < 1.0
+        assert hang.events == ["acquire", "cancel"]
+        rec = {a.method: a for a in held.result.attempts}["hang"]
+        assert rec.outcome is AttemptOutcome.CANCELLED
+        assert "after the grace window" in rec.reason
+
+
+async def test_race_failure_starts_the_next_method_at_once() -> None:
+    a = FakeMethod("a", "unavailable")
+    b = FakeMethod("b")
+    rt = runtime_for((a, 1), (b, 2), chain={"stagger": 5.0})
+    t0 = anyio.current_time()
+    async with rt.chain().run(TraversalRequest()) as held:
+        assert held.result.method == "b"
+        assert anyio.current_time() - t0 < 1.0  # did not wait for the 5 s stagger
+
+
+async def test_sequential_is_slower_than_race_when_a_better_method_hangs() -> None:
+    async def time_it(strategy: str) -> float:
+        hang = FakeMethod("hang", "hang")
+        ok = FakeMethod("ok")
+        rt = runtime_for(
+            (hang, 1),
+            (ok, 2),
+            chain={"strategy": strategy, "stagger": 0.05, "grace": 0.05},
+            methods={"hang": {"timeout": 0.4}},
+        )
+        t0 = anyio.current_time()
+        async with rt.chain().run(TraversalRequest()) as held:
+            assert held.result.method == "ok"
+            return anyio.current_time() - t0
+
+    race = await time_it("race")
+    sequential = await time_it("sequential")
+    assert sequential >= 0.4
+    assert race < sequential
+
+
+async def test_timeout_is_recorded_and_counts_against_the_breaker() -> None:
+    hang = FakeMethod("hang", "hang")
+    rt = runtime_for(
+        (hang, 1), methods={"hang": {"timeout": 0.05}}, breaker={"threshold": 2, "cooldown": 60}
+    )
+    with pytest.raises(ChainExhausted) as info:
+        async with rt.chain().run(TraversalRequest()):
+            pass
+    rec = info.value.failures[0]
+    assert rec.outcome is AttemptOutcome.TIMED_OUT
+    assert "no result within 0.1 s" in rec.reason or "no result within 0.0 s" in rec.reason
+    assert rt.breakers.get("hang").failures == 1
+
+
+async def test_retryable_failures_are_retried_with_stamina() -> None:
+    flaky = FakeMethod("flaky", "flaky", failures=2)
+    rt = runtime_for((flaky, 1), retry={"attempts": 3})
+    async with rt.chain().run(TraversalRequest()) as held:
+        assert held.result.method == "flaky"
+        assert held.result.attempts[0].tries == 3
+    assert flaky.tries == 3
+
+
+async def test_non_retryable_failures_are_not_retried() -> None:
+    bad = FakeMethod("bad", "fail")
+    rt = runtime_for((bad, 1), retry={"attempts": 5})
+    with pytest.raises(ChainExhausted):
+        async with rt.chain().run(TraversalRequest()):
+            pass
+    assert bad.tries == 1
+
+
+async def test_plugin_bug_is_a_failed_attempt_not_a_crash() -> None:
+    bug = FakeMethod("bug", "raise")
+    ok = FakeMethod("ok")
+    rt = runtime_for((bug, 1), (ok, 2))
+    async with rt.chain().run(TraversalRequest()) as held:
+        rec = held.result.attempts[0]
+        assert rec.outcome is AttemptOutcome.FAILED
+        assert rec.error_type == "RuntimeError"
+        assert "fake plugin bug" in rec.reason
+
+
+async def test_breaker_opens_skips_quickly_and_closes_after_cooldown() -> None:
+    dead = FakeMethod("dead", "fail")
+    ok = FakeMethod("ok")
+    rt = runtime_for((dead, 1), (ok, 2), breaker={"threshold": 2, "cooldown": 0.2})
+    for _ in range(2):
+        async with rt.chain().run(TraversalRequest()) as held:
+            assert held.result.method == "ok"
+    assert rt.breakers.get("dead").state is BreakerState.OPEN
+    tries_before = dead.tries
+    async with rt.chain().run(TraversalRequest()) as held:
+        rec = held.result.attempts[0]
+        assert rec.outcome is AttemptOutcome.SKIPPED
+        assert "circuit breaker open" in rec.reason
+    assert dead.tries == tries_before  # not even started
+    await anyio.sleep(0.25)
+    dead.behaviour = "succeed"
+    async with rt.chain().run(TraversalRequest()) as held:
+        assert held.result.method == "dead"
+    assert rt.breakers.get("dead").state is BreakerState.CLOSED
+
+
+async def test_exhausted_carries_every_failure() -> None:
+    rt = runtime_for(
+        (FakeMethod("a", "unavailable"), 1),
+        (FakeMethod("b", "fail"), 2),
+        (FakeMethod("c", "raise"), 3),
+    )
+    with pytest.raises(ChainExhausted) as info:
+        async with rt.chain().run(TraversalRequest()):
+            pass
+    assert [(f.method, f.outcome.value) for f in info.value.failures] == [
+        ("a", "unavailable"),
+        ("b", "failed"),
+        ("c", "failed"),
+    ]
+
+
+async def test_goal_reachable_keeps_reflexive_candidates_and_goes_on() -> None:
+    srflx = FakeMethod("stun", kind=CandidateKind.SERVER_REFLEXIVE, inbound=Inbound.UNKNOWN)
+    mapped = FakeMethod("upnp", kind=CandidateKind.PORT_MAPPED, inbound=Inbound.YES, delay=0.02)
+    rt = runtime_for((srflx, 20), (mapped, 40))
+    async with rt.chain().run(TraversalRequest(goal=Goal.REACHABLE)) as held:
+        assert held.result.method == "upnp"
+        kinds = [c.kind for c in held.result.candidates]
+        assert kinds == [CandidateKind.PORT_MAPPED, CandidateKind.SERVER_REFLEXIVE]
+        assert {a.method: a.outcome for a in held.result.attempts}["stun"] is (
+            AttemptOutcome.INSUFFICIENT
+        )
+    srflx2 = FakeMethod("stun", kind=CandidateKind.SERVER_REFLEXIVE, inbound=Inbound.UNKNOWN)
+    rt = runtime_for((srflx2, 20), (FakeMethod("upnp"), 40))
+    async with rt.chain().run(TraversalRequest(goal=Goal.ANY)) as held:
+        assert held.result.method == "stun"
+
+
+async def test_only_insufficient_candidates_is_exhaustion_with_the_candidates() -> None:
+    srflx = FakeMethod("stun", inbound=Inbound.NO)
+    rt = runtime_for((srflx, 20))
+    with pytest.raises(ChainExhausted) as info:
+        async with rt.chain().run(TraversalRequest()):
+            pass
+    rec = info.value.failures[0]
+    assert rec.outcome is AttemptOutcome.INSUFFICIENT
+    assert rec.candidate is not None and "hole-punching" in rec.reason
+
+
+async def test_order_disabled_and_priority_overrides() -> None:
+    a, b, c = FakeMethod("a"), FakeMethod("b"), FakeMethod("c")
+    rt = runtime_for(
+        (a, 10),
+        (b, 20),
+        (c, 30),
+        chain={"order": ["c"], "disabled": ["a"], "strategy": "sequential"},
+    )
+    assert rt.chain().names == ["c", "b"]
+    rt = runtime_for((a, 10), (b, 20), (c, 30), methods={"a": {"priority": 99}})
+    assert rt.chain().names == ["b", "c", "a"]
+
+
+def test_unknown_names_in_order_are_config_errors() -> None:
+    rt = runtime_for((FakeMethod("a"), 1), chain={"order": ["a", "nope"]})
+    with pytest.raises(ConfigError, match="unknown method 'nope'"):
+        rt.chain()
+    rt = runtime_for((FakeMethod("a"), 1), methods={"typo": {"timeout": 1}})
+    with pytest.raises(ConfigError, match="unknown method 'typo'"):
+        rt.chain()
+
+
+def test_adjust_chain_hook() -> None:
+    def adjust(chain: list[Any]) -> None:
+        chain[:] = [m for m in chain if m.name != "relay"]
+
+    def register(registry: Any) -> None:
+        for name, prio in (("stun", 20), ("relay", 90)):
+            registry.add(FakeMethod(name), name=name, priority=prio, kind=CandidateKind.RELAYED)
+
+    host = PluginHost.load(
+        entry_points=[],
+        builtins=False,
+        disabled=(),
+        extra=[
+            ("m", module_plugin("m", nattrav_register_methods=register)),
+            ("policy", module_plugin("policy", nattrav_adjust_chain=adjust)),
+        ],
+    )
+    assert Runtime(host).chain().names == ["stun"]
+    assert [s.name for s in assemble(host.method_specs(), host.config)] == ["stun", "relay"]
+
+
+async def test_cancelling_the_caller_releases_the_winner() -> None:
+    ok = FakeMethod("ok")
+    rt = runtime_for((ok, 1))
+    with anyio.move_on_after(0.05):
+        async with rt.chain().run(TraversalRequest()):
+            await anyio.sleep_forever()
+    assert ok.released
+
+
+async def test_losers_that_hang_are_cancelled_when_the_chain_exits_early() -> None:
+    hang = FakeMethod("hang", "hang")
+    rt = runtime_for((hang, 1), methods={"hang": {"timeout": 30}})
+    with anyio.move_on_after(0.1):
+        async with rt.chain().run(TraversalRequest()):
+            pass
+    assert hang.events == ["acquire", "cancel"]
+
+
+class _Verifier:
+    def __init__(self, verdicts: list[Reachability | None]) -> None:
+        self.verdicts = verdicts
+        self.calls = 0
+
+    async def verify(self, candidate: Any, ctx: Any) -> Reachability | None:
+        self.calls += 1
+        return self.verdicts.pop(0) if self.verdicts else None
+
+
+def runtime_with_verifier(verifier: _Verifier, *methods: tuple[FakeMethod, int]) -> Runtime:
+    def register(registry: Any) -> None:
+        for m, prio in methods:
+            registry.add(m, name=m.name, priority=prio, kind=m.kind)
+
+    def verifiers(registry: VerifierRegistry) -> None:
+        registry.add(lambda: verifier, name="v")
+
+    host = PluginHost.load(
+        structure_config({"retry": {"attempts": 3, "wait_initial": 0.0, "wait_jitter": 0.0}}),
+        entry_points=[],
+        builtins=False,
+        disabled=(),
+        extra=[
+            ("fakes", module_plugin("fakes", nattrav_register_methods=register)),
+            ("ver", module_plugin("ver", nattrav_register_verifiers=verifiers)),
+        ],
+    )
+    return Runtime(host)
+
+
+async def test_verifier_upgrades_an_unknown_candidate() -> None:
+    direct = FakeMethod("direct", kind=CandidateKind.HOST, inbound=Inbound.UNKNOWN)
+    verifier = _Verifier([Reachability.proven("packet from the other address arrived")])
+    rt = runtime_with_verifier(verifier, (direct, 0))
+    async with rt.chain().run(TraversalRequest()) as held:
+        assert held.result.method == "direct"
+        assert held.result.candidate.reachability.verified
+
+
+async def test_mapping_that_does_not_forward_is_readded_once_then_abandoned() -> None:
+    mapped = FakeMethod("upnp", kind=CandidateKind.PORT_MAPPED, inbound=Inbound.YES)
+    relay = FakeMethod("relay", kind=CandidateKind.RELAYED, inbound=Inbound.YES)
+    verifier = _Verifier(
+        [Reachability.refused("nothing arrived"), Reachability.refused("nothing arrived"), None]
+    )
+    rt = runtime_with_verifier(verifier, (mapped, 40), (relay, 90))
+    async with rt.chain().run(TraversalRequest()) as held:
+        assert held.result.method == "relay"
+        rec = held.result.attempts[0]
+        assert rec.outcome is AttemptOutcome.FAILED
+        assert "does not forward" in rec.reason
+    assert mapped.events.count("acquire") == 2
+    assert mapped.events.count("release") == 2
+
+
+async def test_mapping_that_forwards_after_readd_wins() -> None:
+    mapped = FakeMethod("upnp", kind=CandidateKind.PORT_MAPPED, inbound=Inbound.YES)
+    verifier = _Verifier([Reachability.refused("lost"), Reachability.proven("arrived")])
+    rt = runtime_with_verifier(verifier, (mapped, 40))
+    async with rt.chain().run(TraversalRequest()) as held:
+        assert held.result.candidate.reachability.verified
+    assert mapped.events.count("acquire") == 2
+
+
+async def test_events_are_emitted_for_acquire_and_release() -> None:
+    seen: list[str] = []
+    rt = runtime_for((FakeMethod("ok"), 1))
+    async with rt.chain().run(TraversalRequest(), on_event=lambda e: seen.append(e.kind.value)):
+        assert seen == ["acquired"]
+    assert seen == ["acquired", "released"]
+
+
+async def test_many_concurrent_runs_share_one_runtime() -> None:
+    methods = [FakeMethod(f"m{i}", delay=0.001) for i in range(3)]
+    rt = runtime_for(*[(m, i) for i, m in enumerate(methods)])
+    winners: list[str] = []
+
+    async def one() -> None:
+        async with rt.chain().run(TraversalRequest()) as held:
+            winners.append(held.result.method)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(200):
+            tg.start_soon(one)
+    assert winners == ["m0"] * 200
+
+
+def test_chain_without_methods_is_exhausted(anyio_backend: str) -> None:
+    async def main() -> None:
+        with pytest.raises(ChainExhausted, match="no traversal method"):
+            async with Chain([]).run(TraversalRequest()):
+                pass
+
+    anyio.run(main, backend=anyio_backend)
+
+
+_ = Callable
+
+
+async def test_the_callers_own_exception_is_not_wrapped_in_a_group() -> None:
+    rt = runtime_for((FakeMethod("ok"), 1))
+    with pytest.raises(KeyError, match="mine"):
+        async with rt.chain().run(TraversalRequest()):
+            raise KeyError("mine")
+
+
+async def test_a_held_endpoint_lost_for_good_ends_the_run_with_one_error() -> None:
+    from nattrav.errors import MethodError
+
+    lossy = FakeMethod("lossy", lose_after=0.05)
+    rt = runtime_for((lossy, 1))
+    seen: list[str] = []
+    with pytest.raises(MethodError, match="endpoint lost: fake: lease lost"):
+        async with rt.chain().run(TraversalRequest(), on_event=lambda e: seen.append(e.kind.value)):
+            await anyio.sleep(5)
+    assert "lost" in seen
+    assert lossy.released

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import socket
+
+import anyio
+import pytest
+from nattrav.datagram import DatagramMux
+from nattrav.errors import MethodUnavailable
+from nattrav.models import TransportAddress
+
+pytestmark = pytest.mark.anyio
+
+
+def _is_tagged(data: bytes, _src: TransportAddress) -> bool:
+    return data[:1] == b"\x00"
+
+
+async def test_demultiplexes_protocol_and_application_datagrams() -> None:
+    async with DatagramMux.open(0, families={4}) as mux:
+        sub = mux.subscribe("proto", _is_tagged)
+        peer = await anyio.create_udp_socket(local_host="127.0.0.1")
+        target = ("127.0.0.1", mux.port)
+        await peer.sendto(b"\x00proto", *target)
+        await peer.sendto(b"app data", *target)
+        with anyio.fail_after(2):
+            data, src = await sub.receive()
+            assert data == b"\x00proto"
+            assert src.port == peer.extra(anyio.abc.SocketAttribute.local_port)
+            app, src2 = await mux.app.receive()
+            assert app == b"app data"
+        # Replies leave from the same port the peer sent to.
+        await mux.send_to(b"reply", src2)
+        with anyio.fail_after(2):
+            reply, (_host, port) = await peer.receive()
+        assert reply == b"reply" and port == mux.port
+        await peer.aclose()
+
+
+async def test_ipv4_and_ipv6_share_the_port_number() -> None:
+    if not socket.has_ipv6:
+        pytest.fail("this test needs IPv6 on loopback")
+    async with DatagramMux.open(0) as mux:
+        assert mux.families == {4, 6}
+        assert mux.local_address(4).port == mux.local_address(6).port == mux.port
+        peer6 = await anyio.create_udp_socket(local_host="::1")
+        await peer6.sendto(b"v6", "::1", mux.port)
+        with anyio.fail_after(2):
+            data, src = await mux.app.receive()
+        assert data == b"v6" and src.family == 6
+        await peer6.aclose()
+
+
+async def test_full_queue_drops_and_counts() -> None:
+    async with DatagramMux.open(0, families={4}, queue=2) as mux:
+        peer = await anyio.create_udp_socket(local_host="127.0.0.1")
+        for i in range(10):
+            await peer.sendto(b"x%d" % i, "127.0.0.1", mux.port)
+        with anyio.fail_after(2):
+            while mux.received < 10:
+                await anyio.sleep(0.01)
+        assert mux.app_dropped == 8
+        await peer.aclose()
+
+
+async def test_port_in_use_is_unavailable() -> None:
+    async with DatagramMux.open(0, families={4}) as mux:
+        with pytest.raises(MethodUnavailable, match="cannot bind UDP"):
+            async with DatagramMux.open(mux.port, families={4}):
+                pass
+
+
+async def test_app_exception_is_not_wrapped() -> None:
+    with pytest.raises(LookupError):
+        async with DatagramMux.open(0, families={4}):
+            raise LookupError("mine")
