@@ -54,8 +54,10 @@ class Cli:
         *,
         out: IO[str] | None = None,
         err: IO[str] | None = None,
+        extra_plugins: Sequence[tuple[str, object]] = (),
     ) -> None:
         self.args = args
+        self.extra_plugins = tuple(extra_plugins)
         self.json: bool = bool(getattr(args, "json", False))
         self.raw_config = raw_config
         self.host_raw = copy.deepcopy(raw_config)
@@ -84,7 +86,7 @@ class Cli:
 
             # Flags may have changed the config the plugins registered with: reload if so.
             same = self.raw_config == self.host_raw
-            host = self.host if same else PluginHost.load(self.config)
+            host = self.host if same else PluginHost.load(self.config, extra=self.extra_plugins)
             self._runtime = Runtime(host)
         return self._runtime
 
@@ -329,19 +331,30 @@ def _setup_logging(verbosity: int) -> None:
     logging.getLogger("stamina").setLevel(logging.INFO if verbosity >= 2 else logging.ERROR)
 
 
-def main(argv: Sequence[str] | None = None, *, prog: str = "nattrav") -> int:
-    """Entry point of ``nattrav``: returns the exit code."""
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    prog: str = "nattrav",
+    extra_plugins: Sequence[tuple[str, object]] = (),
+    out: IO[str] | None = None,
+    err: IO[str] | None = None,
+) -> int:
+    """Entry point of ``nattrav``: returns the exit code.
+
+    ``extra_plugins`` adds in-process plugins (name, module) next to the installed ones, for
+    applications that embed the CLI and for tests; ``out``/``err`` redirect output.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
-    err = sys.stderr
+    err = err or sys.stderr
     try:
         pre = _preparse(argv)
         _setup_logging(pre.verbose)
         raw, source = load_raw(pre.config)
         config = structure_config(raw, source=source)
-        host = PluginHost.load(config)
+        host = PluginHost.load(config, extra=extra_plugins)
         parser = _build_parser(host, prog)
         args = parser.parse_args(argv)
-        cli = Cli(args, raw, source, host)
+        cli = Cli(args, raw, source, host, out=out, err=err, extra_plugins=extra_plugins)
         for opt in host.options:
             dest = _dest(opt.flags, opt.kwargs)
             value = getattr(args, dest, None)
@@ -371,6 +384,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "nattrav") -> int:
     except KeyboardInterrupt:
         err.write("nattrav: interrupted\n")
         return 130
+    except SystemExit as exc:  # --help and --version exit through argparse
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
 
 
 def _dest(flags: Sequence[str], kwargs: Mapping[str, Any]) -> str:
