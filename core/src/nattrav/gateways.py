@@ -144,6 +144,9 @@ def _gateway(
     address = ipaddress.ip_address(ip)
     if address.is_unspecified or address.is_loopback or address.is_multicast:
         return None
+    if address.version == 6 and address.is_link_local and int(address) & (2**64 - 1) == 0:
+        # fe80:: (the subnet-router anycast) is what macOS shows for a tunnel: not a router.
+        return None
     return Gateway(ip, interface or zone, address.version, source, max(0, metric))
 
 
