@@ -352,9 +352,7 @@ def test_override_replaces_discovery_and_validates() -> None:
 
 
 def test_parse_gateway_forms() -> None:
-    assert parse_gateway("[fe80::1%eth0]") == Gateway(
-        "fe80::1", "eth0", 6, GatewaySource.CONFIG
-    )
+    assert parse_gateway("[fe80::1%eth0]") == Gateway("fe80::1", "eth0", 6, GatewaySource.CONFIG)
     assert parse_gateway("fe80::1", interface="en1").host == "fe80::1%en1"
     assert parse_gateway(" 192.0.2.1 ").as_dict() == {
         "ip": "192.0.2.1",

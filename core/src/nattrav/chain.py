@@ -53,6 +53,7 @@ from nattrav.errors import (
     MethodError,
     MethodUnavailable,
 )
+from nattrav.journal import Journal
 from nattrav.method import Acquisition, AttemptContext, DatagramChannel, TraversalMethod
 from nattrav.models import (
     AttemptOutcome,
@@ -148,8 +149,10 @@ class Chain:
         verifiers: Sequence[VerifierSpec] = (),
         path_probes: Sequence[PathProbeSpec] = (),
         settings: Callable[[str], Mapping[str, Any]] | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.config = config or Config()
+        self.journal = journal
         self.specs = list(specs)
         self.hooks = hooks
         self.telemetry = telemetry or Telemetry()
@@ -322,6 +325,7 @@ class Chain:
                 breakers=self.breakers,
                 telemetry=self.telemetry,
                 emit=emit,
+                journal=self.journal,
             )
             tg.start_soon(self._attempt, attempt, ctx, events_send.clone(), tg.cancel_scope)
 
@@ -390,6 +394,7 @@ class Chain:
                 breakers=self.breakers,
                 telemetry=self.telemetry,
                 emit=emit,
+                journal=self.journal,
             )
             try:
                 prop = await spec.factory().probe(result, ctx)

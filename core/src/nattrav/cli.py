@@ -253,6 +253,40 @@ def _print_result(cli: Cli, result: Any) -> None:
     )
 
 
+# --------------------------------------------------------------------------- cleanup
+
+
+def cmd_cleanup(args: argparse.Namespace, cli: Cli) -> int:
+    outcomes = cli.run(cli.runtime().cleanup)
+    kept = [o for o in outcomes if not o.released]
+    if cli.json:
+        cli.emit_json(
+            {
+                "journal": str(cli.runtime().journal.directory),
+                "entries": [
+                    {
+                        "id": o.entry.id,
+                        "method": o.entry.method,
+                        "kind": o.entry.kind,
+                        "pid": o.entry.pid,
+                        "released": o.released,
+                        "detail": o.detail,
+                        "data": dict(o.entry.data),
+                    }
+                    for o in outcomes
+                ],
+            }
+        )
+    elif not outcomes:
+        cli.line(f"nothing to clean up (journal: {cli.runtime().journal.directory})")
+    else:
+        cli.table(
+            ["entry", "method", "kind", "pid", "result"],
+            [[o.entry.id, o.entry.method, o.entry.kind, o.entry.pid, o.detail] for o in outcomes],
+        )
+    return EXIT_FAILED if kept else EXIT_OK
+
+
 # --------------------------------------------------------------------------- the frame
 
 
@@ -280,6 +314,10 @@ def _build_parser(host: PluginHost, prog: str = "nattrav") -> _Parser:
     _add_json(mp)
     mp.set_defaults(handler=cmd_map)
     core_parsers = {"map": mp}
+
+    cp = sub.add_parser("cleanup", help="release mappings a crashed run left behind (journal)")
+    _add_json(cp)
+    cp.set_defaults(handler=cmd_cleanup)
 
     for spec in sorted(host.commands, key=lambda s: s.name):
         cp = sub.add_parser(spec.name, help=spec.help)

@@ -124,6 +124,7 @@ class Config:
     methods: dict[str, MethodConfig] = attrs.field(factory=dict)
     plugins: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     state_dir: str | None = None
+    cleanup_on_start: bool = True
     log_level: str = "warning"
 
     def plugin_table(self, name: str) -> dict[str, Any]:

@@ -23,11 +23,13 @@ from nattrav.models import Candidate, LeaseEvent, TransportAddress, TraversalReq
 
 if TYPE_CHECKING:
     from nattrav.datagram import DatagramMux
+    from nattrav.journal import Journal, JournalEntry
     from nattrav.resilience import BreakerBoard
     from nattrav.telemetry import Telemetry
 
 __all__ = [
     "Acquisition",
+    "CleansUp",
     "AttemptContext",
     "DatagramChannel",
     "TraversalMethod",
@@ -79,6 +81,7 @@ class AttemptContext:
     breakers: BreakerBoard | None = None
     telemetry: Telemetry | None = None
     emit: Callable[[LeaseEvent], None] = attrs.field(default=lambda _event: None)
+    journal: Journal | None = None
     logger: logging.Logger = attrs.field(factory=lambda: logging.getLogger("nattrav"))
 
 
@@ -94,4 +97,19 @@ class TraversalMethod(Protocol):
 
     def acquire(self, ctx: AttemptContext) -> AbstractAsyncContextManager[Acquisition]:
         """Obtain the endpoint; keep it alive while the context is open; release on exit."""
+        ...
+
+
+@runtime_checkable
+class CleansUp(Protocol):
+    """Optional for methods that journal resources: release a crashed run's leftover.
+
+    Called by ``nattrav cleanup`` and at start-up for journal entries whose process is gone.
+    Release only what the entry describes (check ownership: internal client, port,
+    description, nonce); return normally when it is gone (already expired counts), raise
+    ``NatTravError`` when it could not be released now (the entry is kept for next time).
+    """
+
+    async def cleanup(self, entry: JournalEntry, ctx: AttemptContext) -> None:
+        """Release the resource ``entry`` describes."""
         ...

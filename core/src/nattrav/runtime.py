@@ -12,16 +12,30 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
+import attrs
 from opentelemetry import metrics, trace
 
 from nattrav.chain import Chain, Held, assemble
 from nattrav.config import Config, load_config
+from nattrav.errors import NatTravError
+from nattrav.journal import Journal, JournalEntry
+from nattrav.method import AttemptContext, CleansUp
 from nattrav.models import LeaseEvent, Transport, TraversalRequest
 from nattrav.plugins import PluginHost
 from nattrav.resilience import BreakerBoard, BreakerState
 from nattrav.telemetry import Telemetry
 
-__all__ = ["Runtime"]
+__all__ = ["CleanupOutcome", "Runtime"]
+
+
+@attrs.frozen
+class CleanupOutcome:
+    """What happened to one leftover journal entry."""
+
+    entry: JournalEntry
+    released: bool
+    detail: str
 
 
 class Runtime:
@@ -40,6 +54,8 @@ class Runtime:
         self.breakers = breakers or BreakerBoard(
             policy_for=self._breaker_policy, on_change=self._breaker_changed
         )
+        self._journal: Journal | None = None
+        self.cleanup_timeout = 5.0
 
     @classmethod
     def load(
@@ -69,6 +85,62 @@ class Runtime:
     def method_settings(self, plugin: str) -> Mapping[str, Any]:
         return self.config.plugin_table(plugin)
 
+    @property
+    def journal(self) -> Journal:
+        """The mapping journal in the configured state directory (created on first write)."""
+        if self._journal is None:
+            self._journal = Journal(self.config.state_dir)
+        return self._journal
+
+    def context(self, method: str, request: TraversalRequest | None = None) -> AttemptContext:
+        """An ``AttemptContext`` for work outside a chain run (cleanup, probes, CLI commands)."""
+        spec = self.host.methods[method] if method in self.host.methods else None
+        plugin = spec.plugin if spec is not None else method
+        return AttemptContext(
+            request=request or TraversalRequest(),
+            method=method,
+            settings=self.method_settings(plugin),
+            breakers=self.breakers,
+            telemetry=self.telemetry,
+            emit=self._emit,
+            journal=self.journal,
+        )
+
+    def _emit(self, event: LeaseEvent) -> None:
+        self.telemetry.record_lease(event)
+        self.host.hooks.lease_event(event)
+
+    async def cleanup(self, *, include_expired: bool = True) -> list[CleanupOutcome]:
+        """Release what crashed runs left behind (journal entries whose process is gone).
+
+        Each entry is handed to the method that made it (``CleansUp.cleanup``); an entry whose
+        method is not installed, or whose release failed, is kept and reported.
+        """
+        outcomes: list[CleanupOutcome] = []
+        for entry in self.journal.leftovers():
+            spec = self.host.methods[entry.method] if entry.method in self.host.methods else None
+            if spec is None:
+                outcomes.append(CleanupOutcome(entry, False, "method not installed; kept"))
+                continue
+            method = spec.factory()
+            if not isinstance(method, CleansUp):
+                self.journal.remove(entry)
+                outcomes.append(CleanupOutcome(entry, True, "method keeps nothing to release"))
+                continue
+            if entry.expired() and not include_expired:
+                self.journal.remove(entry)
+                outcomes.append(CleanupOutcome(entry, True, "expired"))
+                continue
+            try:
+                with anyio.fail_after(self.cleanup_timeout):
+                    await method.cleanup(entry, self.context(entry.method))
+            except (NatTravError, OSError, TimeoutError) as exc:
+                outcomes.append(CleanupOutcome(entry, False, f"{type(exc).__name__}: {exc}"))
+                continue
+            self.journal.remove(entry)
+            outcomes.append(CleanupOutcome(entry, True, "released"))
+        return outcomes
+
     def chain(self) -> Chain:
         """Assemble the chain from the installed methods (raises ``ConfigError`` on bad order)."""
         specs = assemble(self.host.method_specs(), self.config, self.host.hooks)
@@ -81,6 +153,7 @@ class Runtime:
             verifiers=list(self.host.verifiers),
             path_probes=list(self.host.path_probes),
             settings=self.method_settings,
+            journal=self.journal,
         )
 
     @asynccontextmanager
@@ -92,9 +165,12 @@ class Runtime:
     ) -> AsyncIterator[tuple[Held, Any]]:
         """Run the chain for ``request`` with a shared UDP socket on its port (UDP requests).
 
-        Yields ``(held, mux)``; ``mux`` is ``None`` for TCP requests.
+        Yields ``(held, mux)``; ``mux`` is ``None`` for TCP requests. First releases what a
+        crashed earlier run left behind (``cleanup_on_start``), so leaked mappings do not pile up.
         """
         chain = self.chain()
+        if self.config.cleanup_on_start:
+            await self.cleanup()
         if request.transport is Transport.UDP:
             from nattrav.datagram import DatagramMux
 
