@@ -97,6 +97,9 @@ class _Registry(Generic[_E]):
     def names_of(self, plugin: str) -> list[str]:
         return [n for n, p in self._owner.items() if p == plugin]
 
+    def get(self, name: str, default: _E | None = None) -> _E | None:
+        return self._entries.get(name, default)
+
     def __getitem__(self, name: str) -> _E:
         return self._entries[name]
 

@@ -94,7 +94,7 @@ class Runtime:
 
     def context(self, method: str, request: TraversalRequest | None = None) -> AttemptContext:
         """An ``AttemptContext`` for work outside a chain run (cleanup, probes, CLI commands)."""
-        spec = self.host.methods[method] if method in self.host.methods else None
+        spec = self.host.methods.get(method)
         plugin = spec.plugin if spec is not None else method
         return AttemptContext(
             request=request or TraversalRequest(),
@@ -118,7 +118,7 @@ class Runtime:
         """
         outcomes: list[CleanupOutcome] = []
         for entry in self.journal.leftovers():
-            spec = self.host.methods[entry.method] if entry.method in self.host.methods else None
+            spec = self.host.methods.get(entry.method)
             if spec is None:
                 outcomes.append(CleanupOutcome(entry, False, "method not installed; kept"))
                 continue
