@@ -1,0 +1,27 @@
+"""Fixtures for the UPnP plugin's tests.
+
+Driver-level tests run on both anyio backends; ``fixture_bytes`` reads the recorded router
+responses in ``tests/fixtures`` (written for this project, modelled on real routers' quirks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def fixture_bytes() -> Callable[[str], bytes]:
+    def read(name: str) -> bytes:
+        return (FIXTURES / name).read_bytes()
+
+    return read
