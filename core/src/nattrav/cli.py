@@ -253,6 +253,146 @@ def _print_result(cli: Cli, result: Any) -> None:
     )
 
 
+# --------------------------------------------------------------------------- probe
+
+
+def _configure_probe(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--deep", action="store_true", help="also hairpinning and binding lifetime")
+    p.add_argument(
+        "--test-mapping",
+        action="store_true",
+        help="create a real mapping with each gateway protocol, verify it, release it",
+    )
+    p.add_argument(
+        "--window",
+        type=float,
+        default=0.5,
+        metavar="SECONDS",
+        help="how long tests that expect no answer wait (default 0.5, minimum 0.3)",
+    )
+    p.add_argument("--timeout", type=float, default=10.0, help="bound on the whole report (s)")
+    p.add_argument("--no-chain", action="store_true", help="skip the chain verdict")
+
+
+def cmd_probe(args: argparse.Namespace, cli: Cli) -> int:
+    from nattrav.probe import ProbeOptions
+
+    if args.window < 0.3:
+        raise UsageError("--window must be at least 0.3 s (a few round trips)")
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    options = ProbeOptions(
+        deep=args.deep,
+        test_mapping=args.test_mapping,
+        window=args.window,
+        timeout=args.timeout,
+        chain=not args.no_chain,
+    )
+    report: dict[str, Any] = cli.run(_probe, cli, options)
+    if cli.json:
+        cli.emit_json(report)
+    else:
+        _print_report(cli, report)
+    return EXIT_OK
+
+
+async def _probe(cli: Cli, options: Any) -> dict[str, Any]:
+    from nattrav.probe import run_probe
+
+    rt = cli.runtime()
+    progress = _Progress(cli, [s.name for s in rt.host.report_sections] + ["chain"])
+    with progress:
+        return await run_probe(rt, options, progress=progress.update)
+
+
+class _Progress:
+    """A live progress line on a terminal (rich when installed); silent otherwise."""
+
+    def __init__(self, cli: Cli, names: Sequence[str]) -> None:
+        self.names = list(names)
+        self.state = {n: "waiting" for n in self.names}
+        self.live: Any = None
+        if cli.json or not getattr(cli.err, "isatty", lambda: False)():
+            return
+        try:
+            from rich.console import Console
+            from rich.live import Live
+        except ImportError:
+            return
+        self._console = Console(file=cli.err)
+        self.live = Live("", console=self._console, transient=True, refresh_per_second=8)
+
+    def __enter__(self) -> _Progress:
+        if self.live is not None:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def update(self, name: str, state: str) -> None:
+        self.state[name] = state
+        if self.live is not None:
+            marks = {"waiting": "·", "running": "…", "done": "✓", "error": "✗"}
+            self.live.update(
+                "probing: " + "  ".join(f"{marks.get(s, '?')} {n}" for n, s in self.state.items())
+            )
+
+
+def _print_report(cli: Cli, report: Mapping[str, Any]) -> None:
+    cli.line(f"nattrav probe ({report['duration']:.2f} s)")
+    cli.line()
+    cli.table(
+        ["interface", "address", "scope"],
+        [[a["interface"], f"{a['ip']}/{a['prefix']}", a["scope"]] for a in report["interfaces"]],
+    )
+    cli.line()
+    gws = report["gateways"]
+    cli.line("gateways: " + (", ".join(f"{g['ip']} ({g['interface']})" for g in gws) or "none"))
+    for name, data in report["sections"].items():
+        cli.line()
+        cli.line(f"[{name}]")
+        for key, value in _flatten(data):
+            if key != "duration":
+                cli.line(f"  {key}: {value}")
+    nat = report["nat"]
+    cli.line()
+    verdict = {True: "yes", False: "no", None: "unknown"}[nat["double_nat"]]
+    cli.line(f"double NAT: {verdict}" + (f" ({nat['why']})" if nat["why"] else ""))
+    chain = report.get("chain")
+    if chain:
+        cli.line()
+        if chain.get("method"):
+            cli.line(
+                f"chain verdict: {chain['method']} -> {chain['endpoint']['text']} ({chain['kind']})"
+            )
+        else:
+            cli.line(f"chain verdict: no method succeeded ({chain.get('error')})")
+        rows = [
+            [a["method"], a["outcome"], f"{a['duration'] * 1000:.0f} ms", a["reason"]]
+            for a in chain.get("attempts", [])
+        ]
+        if rows:
+            cli.table(["method", "outcome", "time", "why"], rows)
+
+
+def _flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(data, Mapping):
+        out: list[tuple[str, Any]] = []
+        for k, v in data.items():
+            out += _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+        return out
+    if isinstance(data, list) and data and all(isinstance(x, Mapping) for x in data):
+        out = []
+        for i, item in enumerate(data):
+            out += _flatten(item, f"{prefix}[{i}]")
+        return out
+    if isinstance(data, list):
+        return [(prefix, ", ".join(str(x) for x in data) or "-")]
+    return [(prefix, "-" if data is None else data)]
+
+
 # --------------------------------------------------------------------------- cleanup
 
 
@@ -314,6 +454,12 @@ def _build_parser(host: PluginHost, prog: str = "nattrav") -> _Parser:
     _add_json(mp)
     mp.set_defaults(handler=cmd_map)
     core_parsers = {"map": mp}
+
+    pr = sub.add_parser("probe", help="one report of what the network does (all probes at once)")
+    _configure_probe(pr)
+    _add_json(pr)
+    pr.set_defaults(handler=cmd_probe)
+    core_parsers["probe"] = pr
 
     cp = sub.add_parser("cleanup", help="release mappings a crashed run left behind (journal)")
     _add_json(cp)

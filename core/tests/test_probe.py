@@ -1,0 +1,138 @@
+"""The probe frame: concurrent sections, failure isolation, double-NAT verdict, JSON schema."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import anyio
+import jsonschema
+import pytest
+from nattrav.cli import main
+from nattrav.config import structure_config
+from nattrav.models import CandidateKind, Inbound
+from nattrav.plugins import PluginHost, module_plugin
+from nattrav.probe import ProbeOptions, double_nat_verdict, run_probe
+from nattrav.runtime import Runtime
+from nattrav.testing import FakeMethod
+
+SCHEMA = json.loads(resources.files("nattrav").joinpath("schemas/probe.schema.json").read_text())
+
+
+def sections_plugin() -> tuple[str, object]:
+    async def gateway(ctx: Any) -> dict[str, Any]:
+        await anyio.sleep(0.2)
+        return {"present": True, "gateway_external_ips": ["100.64.0.5"]}
+
+    async def server(ctx: Any) -> dict[str, Any]:
+        await anyio.sleep(0.2)
+        return {"mapped_ips": ["203.0.113.9"], "window": ctx.options.window}
+
+    async def broken(ctx: Any) -> dict[str, Any]:
+        raise RuntimeError("section bug")
+
+    async def slow(ctx: Any) -> dict[str, Any]:
+        await anyio.sleep(60)
+        return {}
+
+    def register(registry: Any) -> None:
+        registry.add(gateway, name="gw", order=40)
+        registry.add(server, name="srv", order=20)
+        registry.add(broken, name="broken")
+        registry.add(slow, name="slow")
+
+    def methods(registry: Any) -> None:
+        registry.add(
+            FakeMethod("fake", kind=CandidateKind.PORT_MAPPED, inbound=Inbound.YES),
+            name="fake",
+            priority=40,
+            kind=CandidateKind.PORT_MAPPED,
+        )
+
+    return "sections", module_plugin(
+        "sections", nattrav_register_report_sections=register, nattrav_register_methods=methods
+    )
+
+
+@pytest.mark.anyio
+async def test_report_runs_sections_concurrently_and_isolates_failures(tmp_path: Path) -> None:
+    host = PluginHost.load(
+        structure_config({"state_dir": str(tmp_path)}),
+        entry_points=[],
+        builtins=False,
+        disabled=(),
+        extra=[sections_plugin()],
+    )
+    seen: list[tuple[str, str]] = []
+    t0 = anyio.current_time()
+    report = await run_probe(
+        Runtime(host),
+        ProbeOptions(window=0.4, timeout=1.0),
+        progress=lambda name, state: seen.append((name, state)),
+    )
+    elapsed = anyio.current_time() - t0
+    assert elapsed < 3.0  # concurrent: about the slowest section's bound, not the sum
+    jsonschema.validate(report, SCHEMA)
+    sections = report["sections"]
+    assert list(sections) == ["srv", "gw", "broken", "slow"]  # by order, then name
+    assert sections["srv"]["window"] == 0.4
+    assert sections["broken"]["error"] == "plugin bug: RuntimeError: section bug"
+    assert sections["slow"]["error"] == "no result within 1.0 s"
+    assert report["nat"]["double_nat"] is True
+    assert report["nat"]["cgnat"] is True
+    assert "100.64.0.5" in report["nat"]["why"]
+    assert report["chain"]["method"] == "fake"
+    assert report["chain"]["attempts"][0]["outcome"] == "succeeded"
+    assert ("gw", "running") in seen and ("gw", "done") in seen and ("broken", "error") in seen
+
+
+@pytest.mark.parametrize(
+    ("sections", "local", "expected"),
+    [
+        ({"s": {"mapped_ips": ["192.0.2.2"]}}, {"192.0.2.2"}, (False, None, True)),
+        ({"u": {"gateway_external_ips": ["192.168.1.2"]}}, set(), (True, False, None)),
+        (
+            {"u": {"gateway_external_ips": ["203.0.113.1"]}, "s": {"mapped_ips": ["198.51.100.3"]}},
+            set(),
+            (True, False, False),
+        ),
+        (
+            {"u": {"gateway_external_ips": ["203.0.113.1"]}, "s": {"mapped_ips": ["203.0.113.1"]}},
+            set(),
+            (False, False, False),
+        ),
+        ({"x": {"error": "boom"}}, set(), (None, None, None)),
+    ],
+)
+def test_double_nat_verdict(
+    sections: dict[str, Any], local: set[str], expected: tuple[bool | None, ...]
+) -> None:
+    v = double_nat_verdict(sections, local)
+    assert (v["double_nat"], v["cgnat"], v["no_nat"]) == expected
+    assert v["why"]
+
+
+def test_cli_probe_json_and_table(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import io
+
+    monkeypatch.setattr("nattrav.plugins._installed_entry_points", list)
+    monkeypatch.setenv("NATTRAV_STATE_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    out = io.StringIO()
+    code = main(
+        ["probe", "--json", "--timeout", "1", "--window", "0.3"],
+        extra_plugins=[sections_plugin()],
+        out=out,
+        err=io.StringIO(),
+    )
+    assert code == 0
+    report = json.loads(out.getvalue())
+    jsonschema.validate(report, SCHEMA)
+    out = io.StringIO()
+    code = main(["probe", "--timeout", "1"], extra_plugins=[sections_plugin()], out=out)
+    text = out.getvalue()
+    assert code == 0
+    assert "[gw]" in text and "double NAT: yes" in text and "chain verdict: fake" in text
+    assert main(["probe", "--window", "0.1"], extra_plugins=[sections_plugin()]) == 2
