@@ -23,7 +23,7 @@ $(VENV)/.installed: core/pyproject.toml $(PLUGINS) $(wildcard lab/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -r requirements-dev.txt
-	$(PIP) install --quiet -e 'core[test]' $(foreach d,$(LAB_DIR) $(PLUGIN_DIRS),-e '$(d)[test]')
+	$(PIP) install --quiet -e 'core[test,cli]' $(foreach d,$(LAB_DIR) $(PLUGIN_DIRS),-e '$(d)[test]')
 	touch $@
 
 venv: $(VENV)/.installed
