@@ -45,6 +45,7 @@ __all__ = [
     "canonical_ip",
     "check_host",
     "location_url",
+    "parse_http_url",
     "resolve_control_url",
 ]
 
@@ -197,6 +198,12 @@ def _clean_path(path: str) -> str:
     if normal.startswith("//"):
         normal = "/" + normal.lstrip("/")
     return normal + query
+
+
+def parse_http_url(text: str, policy: UrlPolicy = STRICT) -> HttpUrl:
+    """Parse an absolute ``http`` URL whose host must be a safe IP literal (stored URLs)."""
+    host, port, path = _split_http(text.strip())
+    return HttpUrl(check_host(host, policy), port, path)
 
 
 def location_url(location: str, responder: str, policy: UrlPolicy = STRICT) -> Location:
