@@ -415,3 +415,33 @@ async def test_a_held_endpoint_lost_for_good_ends_the_run_with_one_error() -> No
             await anyio.sleep(5)
     assert "lost" in seen
     assert lossy.released
+
+
+async def test_gather_holds_every_candidate_and_cancels_the_slow() -> None:
+    host_m = FakeMethod("direct", kind=CandidateKind.HOST, inbound=Inbound.UNKNOWN)
+    srflx = FakeMethod("stun", kind=CandidateKind.SERVER_REFLEXIVE, inbound=Inbound.NO, delay=0.02)
+    relay = FakeMethod("relay", kind=CandidateKind.RELAYED, inbound=Inbound.YES, delay=0.05)
+    bad = FakeMethod("upnp", "unavailable")
+    slow = FakeMethod("natpmp", "hang")
+    rt = runtime_for((relay, 90), (host_m, 0), (srflx, 20), (bad, 40), (slow, 45))
+    async with rt.chain().gather(TraversalRequest(), timeout=0.5) as gathered:
+        kinds = [c.kind for c in gathered.candidates]
+        assert kinds == [CandidateKind.HOST, CandidateKind.SERVER_REFLEXIVE, CandidateKind.RELAYED]
+        outcomes = {r.method: r.outcome for r in gathered.attempts}
+        assert outcomes["upnp"] is AttemptOutcome.UNAVAILABLE
+        assert outcomes["natpmp"] is AttemptOutcome.CANCELLED
+        assert not relay.released
+    assert relay.released and srflx.released and host_m.released
+    assert slow.events == ["acquire", "cancel"]
+
+
+async def test_gather_survives_one_lost_candidate() -> None:
+    lossy = FakeMethod("lossy", lose_after=0.02)
+    steady = FakeMethod("steady")
+    seen: list[str] = []
+    rt = runtime_for((lossy, 1), (steady, 2))
+    async with rt.chain().gather(TraversalRequest(), on_event=lambda e: seen.append(e.kind.value)):
+        await anyio.sleep(0.1)
+        assert "lost" in seen
+        assert not steady.released
+    assert steady.released

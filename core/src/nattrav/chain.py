@@ -74,7 +74,7 @@ from nattrav.resilience import BreakerBoard, RetryPolicy
 from nattrav.taskgroups import single_errors, sole_exception
 from nattrav.telemetry import Telemetry
 
-__all__ = ["Chain", "Held", "assemble"]
+__all__ = ["Chain", "Gathered", "Held", "assemble"]
 
 #: How long the chain waits for a losing or released method to let go of what it held.
 RELEASE_BOUND = 10.0
@@ -119,6 +119,20 @@ class Held:
 
     result: TraversalResult
     channel: DatagramChannel | None = None
+
+
+@attrs.frozen
+class Gathered:
+    """What ``Chain.gather`` yields: every acquisition held, and every attempt's record."""
+
+    acquisitions: tuple[Acquisition, ...]
+    attempts: tuple[AttemptRecord, ...]
+
+    @property
+    def candidates(self) -> tuple[Candidate, ...]:
+        """All candidates, best kind first (host, reflexive, mapped, relayed)."""
+        found = [c for a in self.acquisitions for c in (a.candidate, *a.also)]
+        return tuple(sorted(found, key=lambda c: c.kind.preference))
 
 
 @attrs.define(eq=False)
@@ -268,6 +282,98 @@ class Chain:
         if winner is not None and winner.failure is not None:
             raise winner.failure
 
+    @asynccontextmanager
+    async def gather(
+        self,
+        request: TraversalRequest | None = None,
+        *,
+        sockets: Any = None,
+        on_event: Callable[[LeaseEvent], None] | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Gathered]:
+        """Run every method at once and hold every candidate they obtain.
+
+        Peer-to-peer connect needs all candidates (host, reflexive, mapped, relayed) at the same
+        time, because connectivity checks with the other peer decide which path works; nothing
+        is cancelled for being worse. Methods still acquiring after ``timeout`` seconds are
+        cancelled. A held candidate that is lost later is reported (``LeaseEvent`` LOST) without
+        ending the others. Everything is released when the context exits.
+        """
+        request = attrs.evolve(request or TraversalRequest(), goal=Goal.ANY)
+        specs = [s for s in self.specs if request.transport in s.transports]
+
+        def emit(event: LeaseEvent) -> None:
+            self.telemetry.record_lease(event)
+            if self.hooks is not None:
+                self.hooks.lease_event(event)
+            if on_event is not None:
+                on_event(event)
+
+        send, recv = anyio.create_memory_object_stream[_Attempt](2 * len(specs) + 2)
+        attempts: list[_Attempt] = []
+        detached = anyio.CancelScope()  # a lost candidate must not end the others
+        try:
+            with single_errors():
+                async with anyio.create_task_group() as tg:
+                    for spec in specs:
+                        attempt = _Attempt(len(attempts), spec)
+                        attempt.started_at = anyio.current_time()
+                        attempts.append(attempt)
+                        ctx = self._context(request, spec, sockets, emit)
+                        tg.start_soon(self._attempt, attempt, ctx, send.clone(), detached)
+                    deadline = anyio.current_time() + (math.inf if timeout is None else timeout)
+                    while any(a.running and a.acquisition is None for a in attempts):
+                        left = deadline - anyio.current_time()
+                        if left <= 0:
+                            break
+                        with anyio.move_on_after(left):
+                            await recv.receive()
+                    for a in attempts:
+                        if a.running and a.acquisition is None:
+                            a.scope.cancel()
+                    with anyio.move_on_after(RELEASE_BOUND, shield=True):
+                        for a in attempts:
+                            if a.acquisition is None and a.running:
+                                await a.done.wait()
+                    held = [a for a in attempts if a.acquisition is not None]
+                    records = tuple(
+                        a.record
+                        or AttemptRecord(a.spec.name, AttemptOutcome.SKIPPED, "not started")
+                        for a in attempts
+                    )
+                    try:
+                        yield Gathered(
+                            tuple(a.acquisition for a in held if a.acquisition is not None),
+                            records,
+                        )
+                    finally:
+                        for a in held:
+                            a.release.set()
+                        with anyio.move_on_after(RELEASE_BOUND, shield=True):
+                            for a in held:
+                                await a.done.wait()
+        finally:
+            send.close()
+            recv.close()
+
+    def _context(
+        self,
+        request: TraversalRequest,
+        spec: MethodSpec | PathProbeSpec,
+        sockets: Any,
+        emit: Callable[[LeaseEvent], None],
+    ) -> AttemptContext:
+        return AttemptContext(
+            request=request,
+            method=spec.name,
+            settings=self._settings(spec.plugin),
+            sockets=sockets,
+            breakers=self.breakers,
+            telemetry=self.telemetry,
+            emit=emit,
+            journal=self.journal,
+        )
+
     async def _result(
         self,
         winner: _Attempt,
@@ -317,16 +423,7 @@ class Chain:
             attempt = _Attempt(len(attempts), specs[len(attempts)])
             attempt.started_at = anyio.current_time()
             attempts.append(attempt)
-            ctx = AttemptContext(
-                request=request,
-                method=attempt.spec.name,
-                settings=self._settings(attempt.spec.plugin),
-                sockets=sockets,
-                breakers=self.breakers,
-                telemetry=self.telemetry,
-                emit=emit,
-                journal=self.journal,
-            )
+            ctx = self._context(request, attempt.spec, sockets, emit)
             tg.start_soon(self._attempt, attempt, ctx, events_send.clone(), tg.cancel_scope)
 
         winner: _Attempt | None = None
@@ -386,16 +483,7 @@ class Chain:
     ) -> tuple[PathProperty, ...]:
         found: list[PathProperty] = []
         for spec in self.path_probes:
-            ctx = AttemptContext(
-                request=request,
-                method=spec.name,
-                settings=self._settings(spec.plugin),
-                sockets=sockets,
-                breakers=self.breakers,
-                telemetry=self.telemetry,
-                emit=emit,
-                journal=self.journal,
-            )
+            ctx = self._context(request, spec, sockets, emit)
             try:
                 prop = await spec.factory().probe(result, ctx)
             except Exception as exc:  # a path probe never costs the user the endpoint
