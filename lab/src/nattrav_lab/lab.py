@@ -968,10 +968,11 @@ class Lab:
         if not (delay or jitter or reorder or duplicate):
             self._save()
             return
-        queue = IMPAIR_QUEUE + site
+        queue = IMPAIR_QUEUE + 2 * site
         argv = [
             sys.executable, "-m", "nattrav_lab.impair",
-            "--queue", str(queue),
+            "--queue-in", str(queue),
+            "--queue-out", str(queue + 1),
             "--delay", str(delay),
             "--jitter", str(jitter),
             "--reorder", str(reorder),
@@ -993,11 +994,11 @@ class Lab:
         rules = []
         if spec is not None:
             queue, direction = spec
-            target = f"-j NFQUEUE --queue-num {queue} --queue-bypass"
+            target = "-j NFQUEUE --queue-bypass --queue-num"
             if direction in ("both", "inbound"):
-                rules.append(f"-A FORWARD -i wan0 {target}")
+                rules.append(f"-A FORWARD -i wan0 {target} {queue}")
             if direction in ("both", "outbound"):
-                rules.append(f"-A FORWARD -o wan0 {target}")
+                rules.append(f"-A FORWARD -o wan0 {target} {queue + 1}")
         table = "*mangle\n" + "".join(r + "\n" for r in rules) + "COMMIT\n"
         for tool in ("iptables-restore", "ip6tables-restore"):
             self.exec(router, [tool], input=table, check=True)

@@ -41,8 +41,15 @@ ICMP6_ERROR_TYPES = (
     "echo-request, echo-reply"
 )
 
+# The mark of duplicated inbound packets (nattrav_lab.impair.DUP_MARK): no conntrack for them.
+DUP_MARK = 0x4E54
+
 _INPUT_GUARD = f"""
 table inet nattrav {{
+    chain output_raw {{
+        type filter hook output priority raw; policy accept;
+        meta mark {DUP_MARK:#x} notrack
+    }}
     chain input {{
         type filter hook input priority filter; policy accept;
         iifname != "{WAN}" accept
