@@ -44,3 +44,37 @@ def loopback_plan() -> Callable[[int], object]:
         )
 
     return make
+
+
+@pytest.fixture
+def igd_session() -> Callable[..., object]:
+    """``async with igd_session(**quirks) as (fake, transport, conn, fw)``: a scripted IGD on
+    loopback with an HTTP transport and the two service descriptors pointing at it."""
+    from contextlib import asynccontextmanager
+
+    from nattrav_upnp.description import ServiceInfo, ServiceKind
+    from nattrav_upnp.driver import HttpTransport
+    from nattrav_upnp.testing import FakeIgd
+    from nattrav_upnp.urls import HttpUrl
+
+    @asynccontextmanager
+    async def session(**quirks: object):  # type: ignore[no-untyped-def]
+        fake = FakeIgd(**quirks)  # type: ignore[arg-type]
+        async with fake.running(), HttpTransport(timeout=1.0) as transport:
+            assert fake.http is not None
+            port = fake.http.port
+            conn = ServiceInfo(
+                fake.service_type,
+                ServiceKind.WAN_IP,
+                fake.version,
+                HttpUrl("127.0.0.1", port, "/ctl/IPConn"),
+            )
+            fw = ServiceInfo(
+                "urn:schemas-upnp-org:service:WANIPv6FirewallControl:1",
+                ServiceKind.FIREWALL6,
+                1,
+                HttpUrl("127.0.0.1", port, "/ctl/IP6FCtl"),
+            )
+            yield fake, transport, conn, fw
+
+    return session

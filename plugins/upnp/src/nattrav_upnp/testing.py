@@ -173,6 +173,10 @@ class FakeIgd:
     wildcard_external_only: bool = False  # 727 on AddPortMapping
     deny: bool = False  # 606 on Add*
     faults: dict[str, list[int]] = attrs.field(factory=dict)  # action -> codes to answer first
+    # action -> function of the arguments returning out-arguments or an error code
+    overrides: dict[str, Callable[[dict[str, str]], dict[str, Any] | int]] = attrs.field(
+        factory=dict
+    )
     firewall_enabled: bool = True
     pinholes_allowed: bool = True
     mappings: dict[tuple[int, str], Mapping] = attrs.field(factory=dict)
@@ -223,7 +227,9 @@ class FakeIgd:
         if queued:
             return soap_fault(queued.pop(0))
         firewall = path == "/ctl/IP6FCtl"
-        handler = getattr(self, f"_{'fw' if firewall else 'ip'}_{action}", None)
+        handler = self.overrides.get(action) or getattr(
+            self, f"_{'fw' if firewall else 'ip'}_{action}", None
+        )
         if handler is None:
             return soap_fault(401, "Invalid Action")
         result = handler(args)
