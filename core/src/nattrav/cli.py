@@ -10,6 +10,7 @@ through hooks, so core stays free of protocol knowledge.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import inspect
 import json
@@ -67,6 +68,7 @@ class Cli:
         self.err = err or sys.stderr
         self._config: Config | None = None
         self._runtime: Any = None
+        self.meter_provider: Any = None  # set when --metrics-port serves Prometheus
         self.backend: str = getattr(args, "backend", None) or os.environ.get(
             "NATTRAV_BACKEND", "asyncio"
         )
@@ -87,7 +89,9 @@ class Cli:
             # Flags may have changed the config the plugins registered with: reload if so.
             same = self.raw_config == self.host_raw
             host = self.host if same else PluginHost.load(self.config, extra=self.extra_plugins)
-            self._runtime = Runtime(host)
+            from nattrav.telemetry import Telemetry
+
+            self._runtime = Runtime(host, telemetry=Telemetry(meter_provider=self.meter_provider))
         return self._runtime
 
     def run(self, func: Callable[..., Awaitable[Any]], *args: Any) -> Any:
@@ -198,7 +202,6 @@ def cmd_map(args: argparse.Namespace, cli: Cli) -> int:
 
 
 async def _map(args: argparse.Namespace, cli: Cli) -> int:
-    import anyio
 
     from nattrav.models import Goal, LeaseEvent, Transport, TraversalRequest
     from nattrav.serialize import to_jsonable
@@ -224,10 +227,7 @@ async def _map(args: argparse.Namespace, cli: Cli) -> int:
                 cli.out.flush()
             else:
                 _print_result(cli, result)
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                with anyio.move_on_after(args.hold if args.hold is not None else float("inf")):
-                    async for _sig in signals:
-                        break
+            await _hold_until_signal(args.hold)
     except ChainExhausted as exc:
         if cli.json:
             cli.out.write(
@@ -238,6 +238,20 @@ async def _map(args: argparse.Namespace, cli: Cli) -> int:
             cli.err.write(f"nattrav: {exc}\n")
         return EXIT_FAILED
     return EXIT_OK
+
+
+async def _hold_until_signal(hold: float | None) -> None:
+    """Wait for SIGINT/SIGTERM or ``hold`` seconds (signals only reach the main thread)."""
+    import threading
+
+    import anyio
+
+    with anyio.move_on_after(hold if hold is not None else float("inf")):
+        if threading.current_thread() is not threading.main_thread():
+            await anyio.sleep_forever()
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _sig in signals:
+                break
 
 
 def _print_result(cli: Cli, result: Any) -> None:
@@ -489,7 +503,20 @@ def _build_parser(host: PluginHost, prog: str = "nattrav") -> _Parser:
 def _add_globals(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="config file (default: ./nattrav.toml)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
+    parser.add_argument(
+        "--log-json", action="store_true", help="log as JSON lines with nattrav.* attributes"
+    )
     parser.add_argument("--backend", choices=["asyncio", "trio"], default=None)
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port while the command runs",
+    )
+    parser.add_argument(
+        "--metrics-addr", default="127.0.0.1", metavar="ADDR", help="address for --metrics-port"
+    )
 
 
 def _add_json(parser: argparse.ArgumentParser) -> None:
@@ -503,10 +530,28 @@ def _preparse(argv: Sequence[str]) -> argparse.Namespace:
     return known
 
 
-def _setup_logging(verbosity: int) -> None:
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per record, with the ``nattrav.*`` attributes the spans carry."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "time": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        data.update({k: v for k, v in vars(record).items() if k.startswith("nattrav.")})
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str)
+
+
+def _setup_logging(verbosity: int, as_json: bool = False) -> None:
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        _JsonFormatter() if as_json else logging.Formatter("%(levelname)s %(name)s: %(message)s")
+    )
     root = logging.getLogger("nattrav")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -532,7 +577,7 @@ def main(
     err = err or sys.stderr
     try:
         pre = _preparse(argv)
-        _setup_logging(pre.verbose)
+        _setup_logging(pre.verbose, pre.log_json)
         raw, source = load_raw(pre.config)
         config = structure_config(raw, source=source)
         host = PluginHost.load(config, extra=extra_plugins)
@@ -545,13 +590,20 @@ def main(
             if value is not None and value is not False and args.command in opt.commands:
                 opt.apply(value, cli.raw_config)
         handler: Callable[[argparse.Namespace, Cli], Any] = args.handler
-        outcome = handler(args, cli)
-        if inspect.isawaitable(outcome):
+        with contextlib.ExitStack() as stack:
+            if args.metrics_port is not None:
+                from nattrav.prometheus import prometheus_endpoint
 
-            async def _await() -> Any:
-                return await outcome
+                cli.meter_provider = stack.enter_context(
+                    prometheus_endpoint(args.metrics_port, args.metrics_addr)
+                )
+            outcome = handler(args, cli)
+            if inspect.isawaitable(outcome):
 
-            outcome = cli.run(_await)
+                async def _await() -> Any:
+                    return await outcome
+
+                outcome = cli.run(_await)
         return int(outcome or EXIT_OK)
     except ConfigError as exc:
         err.write(f"nattrav: {exc}\n")
