@@ -112,26 +112,41 @@ async def test_727_uses_add_any_port_mapping(igd_session: Any) -> None:
             assert fake.actions("AddAnyPortMapping")
 
 
-async def test_718_conflict_on_igd2_gets_another_port(igd_session: Any) -> None:
-    """718 from a port held by another client; IGD:2 lets the router pick (AddAnyPortMapping)."""
+async def test_occupied_port_is_avoided_without_touching_it(igd_session: Any) -> None:
+    """A port held by another client (or another app on this host) is never overwritten."""
     async with igd_session() as (fake, transport, conn, _fw):
-        fake.mappings[(40000, "UDP")] = Mapping(40000, "UDP", 1234, "192.168.1.99", "other", 0)
-        events: list[LeaseEvent] = []
-        async with hold(_lease(ConnectionClient(transport, conn), events)) as lease:
-            assert lease.mapping is not None and lease.mapping.external_port == 40001
-        assert (40000, "UDP") in fake.mappings  # someone else's mapping untouched
-        assert (40001, "UDP") not in fake.mappings
+        fake.mappings[(40000, "UDP")] = Mapping(40000, "UDP", 40000, CLIENT, "other app", 0)
+        async with hold(_lease(ConnectionClient(transport, conn))) as lease:
+            assert lease.mapping is not None and lease.mapping.external_port != 40000
+        assert fake.mappings[(40000, "UDP")].description == "other app"
+        assert all(a["NewExternalPort"] != "40000" for a in fake.actions("AddPortMapping"))
 
 
-async def test_718_conflict_on_igd1_tries_random_ports(igd_session: Any) -> None:
-    async with igd_session(version=1) as (fake, transport, conn, _fw):
-        fake.mappings[(40000, "UDP")] = Mapping(40000, "UDP", 1234, "192.168.1.99", "other", 0)
+async def test_718_race_on_igd2_uses_add_any_port_mapping(igd_session: Any) -> None:
+    """718 after the port looked free (another client won the race; scripted)."""
+    async with igd_session(faults={"AddPortMapping": [718]}) as (fake, transport, conn, _fw):
+        quirks = GatewayQuirks()
+        async with hold(_lease(ConnectionClient(transport, conn), quirks=quirks)) as lease:
+            assert lease.mapping is not None
+            assert lease.mapping.action == "AddAnyPortMapping"
+            assert lease.mapping.external_port == 40000
+        assert quirks.use_add_any
+
+
+async def test_718_race_on_igd1_tries_random_ports(igd_session: Any) -> None:
+    async with igd_session(version=1, faults={"AddPortMapping": [718, 718]}) as (
+        fake,
+        transport,
+        conn,
+        _fw,
+    ):
         lease = _lease(ConnectionClient(transport, conn))
         async with hold(lease):
             assert lease.mapping is not None
             assert lease.mapping.external_port != 40000
-            assert 1024 <= lease.mapping.external_port < 65536
             assert lease.mapping.action == "AddPortMapping"
+        ports = [a["NewExternalPort"] for a in fake.actions("AddPortMapping")]
+        assert len(ports) == 3 and len(set(ports)) == 3
 
 
 async def test_606_makes_the_method_unavailable_and_leaves_nothing(
@@ -206,7 +221,7 @@ async def test_mapping_taken_over_is_replaced_and_change_reported(igd_session: A
             with anyio.fail_after(5):
                 while LeaseEventKind.CHANGED not in _kinds(events):
                     await anyio.sleep(0.02)
-            assert lease.mapping is not None and lease.mapping.external_port == 40001
+            assert lease.mapping is not None and lease.mapping.external_port != 40000
         # Release deleted ours, never the other client's.
         assert list(fake.mappings) == [(40000, "UDP")]
         assert fake.mappings[(40000, "UDP")].description == "thief"

@@ -208,9 +208,54 @@ class PortMappingLease:
             ) from exc
         self._journal_update()
 
+    async def _free_port(self, wanted: int) -> int:
+        """``wanted`` unless another mapping (even of this host) holds it: then a free port.
+
+        miniupnpd lets a client re-point its own mappings (even through AddAnyPortMapping),
+        so without this check a second application on this host would silently steal the
+        first one's mapping, and their keepers would steal it back and forth.
+        """
+        tried = [wanted]
+        tried += [self._random_port() for _ in range(4)]
+        for port in tried:
+            try:
+                entry = await self.client.get_specific_port_mapping_entry(
+                    external_port=port, protocol=self.protocol
+                )
+            except NoSuchEntryError:
+                return port
+            except NatTravError:
+                return port  # cannot tell (no such action?): let the ladder deal with it
+            if self._is_ours(entry):
+                return port
+        return wanted
+
+    def _random_port(self) -> int:
+        return self.rng.randrange(1024, 65536)
+
+    def _is_ours(self, entry: PortMappingEntry) -> bool:
+        probe = MappedPort(
+            "",
+            entry.external_port,
+            self.protocol,
+            self.internal_client,
+            self.internal_port,
+            self.description,
+            0,
+            None,
+            "",
+            0.0,
+        )
+        return owns(entry, probe)
+
     async def _add(self, wanted_port: int) -> MappedPort:
+        wanted_port = await self._free_port(wanted_port)
         planner = MappingPlanner(
-            self.quirks, igd2=self.client.version >= 2, wanted_port=wanted_port, lease=self.lease
+            self.quirks,
+            igd2=self.client.version >= 2,
+            wanted_port=wanted_port,
+            lease=self.lease,
+            random_port=self._random_port,
         )
         step = planner.first()
         while True:
@@ -306,6 +351,20 @@ class PortMappingLease:
     async def _renew(self) -> None:
         assert self.mapping is not None
         m = self.mapping
+        try:
+            entry = await self.client.get_specific_port_mapping_entry(
+                external_port=m.external_port, protocol=m.protocol
+            )
+        except NoSuchEntryError:
+            self._note_loss()
+            self._emit(LeaseEventKind.LOST, "the gateway no longer has the mapping")
+            await self._recover("mapping vanished")
+            return
+        if not owns(entry, m):
+            # Renewing now would take the port back from whoever holds it: move instead.
+            self._emit(LeaseEventKind.LOST, f"port {m.external_port} now maps to someone else")
+            await self._recover("mapping taken over")
+            return
         try:
             await self.client.add_port_mapping(
                 external_port=m.external_port,
