@@ -50,6 +50,7 @@ from nattrav.addresses import AddressScope, format_hostport
 from nattrav.errors import MethodError, MethodUnavailable, NatTravError
 from nattrav.gateways import Gateway
 from nattrav.models import LeaseEventKind, Transport, TransportAddress
+from nattrav.taskgroups import single_errors
 
 from nattrav_natpmp import natpmp_codec, pcp_codec
 from nattrav_natpmp.announce import Announcement, parse_announcement
@@ -291,6 +292,17 @@ class GatewayClient:
             raise MethodUnavailable(
                 METHOD, f"cannot reach gateway {gateway.host}: {exc.strerror or exc}"
             ) from None
+        # The listener socket is made here, not in its task, so that it lives in the same
+        # network namespace as the client socket (tests switch namespaces per thread).
+        listener: socket.socket | None = None
+        if listen and settings.announcements:
+            group = ANNOUNCE_GROUP[gateway.family] if announce_group == "default" else (
+                announce_group
+            )
+            try:
+                listener = _group_socket(gateway, announce_port, group)
+            except OSError as exc:
+                log.info("not listening for announcements on port %d: %s", announce_port, exc)
         client = cls(
             gateway,
             sock,
@@ -301,20 +313,21 @@ class GatewayClient:
             telemetry=telemetry,
         )
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(client._maintain)
-                if listen and settings.announcements:
-                    group = ANNOUNCE_GROUP[gateway.family] if announce_group == "default" else (
-                        announce_group
-                    )
-                    tg.start_soon(client._listen, announce_port, group)
-                try:
-                    yield client
-                finally:
-                    tg.cancel_scope.cancel()
+            with single_errors():
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(client._maintain)
+                    if listener is not None:
+                        client.listening = True
+                        tg.start_soon(client._listen, listener)
+                    try:
+                        yield client
+                    finally:
+                        tg.cancel_scope.cancel()
         finally:
-            anyio.notify_closing(sock)
-            sock.close()
+            for s in (sock, listener):
+                if s is not None:
+                    anyio.notify_closing(s)
+                    s.close()
 
     def _emit(self, mapping: PortMapping, changes: list[Change]) -> None:
         for change in changes:
@@ -917,13 +930,7 @@ class GatewayClient:
         else:
             self._emit(mapping, mapping.lease.failed(now))
 
-    async def _listen(self, port: int, group: str | None) -> None:
-        try:
-            sock = _group_socket(self.gateway, port, group)
-        except OSError as exc:
-            log.info("not listening for announcements on port %d: %s", port, exc)
-            return
-        self.listening = True
+    async def _listen(self, sock: socket.socket) -> None:
         try:
             while True:
                 await anyio.wait_readable(sock)
@@ -944,8 +951,6 @@ class GatewayClient:
                     self._on_announcement(announcement, anyio.current_time())
         finally:
             self.listening = False
-            anyio.notify_closing(sock)
-            sock.close()
 
     def _on_announcement(self, announcement: Announcement, now: float) -> None:
         self.announcements += 1

@@ -134,6 +134,7 @@ class Lease:
     windows: list[float] = attrs.field(factory=list)
     _next: float | None = None
     _recreate: bool = False
+    _refreshing: bool = False
     _in_flight: bool = False
     _last_attempt: float = -math.inf
     _backoff: float = 0.0
@@ -194,6 +195,7 @@ class Lease:
         self._in_flight = False
         if self.state is LeaseState.CLOSED:
             return []
+        refreshed, self._refreshing = self._refreshing, False
         self.grant = grant
         self.state = LeaseState.ACTIVE
         self._recreate = False
@@ -212,6 +214,13 @@ class Lease:
             ]
         if was_lost:
             return [Change(LeaseEventKind.RECOVERED, f"re-created {grant.endpoint}")]
+        if refreshed:
+            return [
+                Change(
+                    LeaseEventKind.RENEWED,
+                    f"re-sent after a gateway announcement; held for {grant.lifetime} s",
+                )
+            ]
         return [Change(LeaseEventKind.RENEWED, f"renewed for {grant.lifetime} s")]
 
     def failed(self, now: float, retry_after: float = 0.0) -> list[Change]:
@@ -249,6 +258,7 @@ class Lease:
         if self.state is LeaseState.CLOSED:
             return
         self._recreate = True
+        self._refreshing = self.state is LeaseState.ACTIVE
         if not self._in_flight:
             self._next = now + delay if self._next is None else min(self._next, now + delay)
 

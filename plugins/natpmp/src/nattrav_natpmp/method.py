@@ -29,6 +29,7 @@ attempt fails with a retryable ``MethodError``.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -76,6 +77,14 @@ def double_nat_reason(address: str) -> str | None:
             "beyond it makes the mapping unreachable from the internet"
         )
     return f"the gateway's external address {address} is {scope.value}: not reachable"
+
+
+def _journal_gateway(text: str) -> Gateway:
+    from nattrav.gateways import GatewaySource
+
+    address, _, zone = text.partition("%")
+    ip = ipaddress.ip_address(address)
+    return Gateway(str(ip), zone or None, ip.version, GatewaySource.CONFIG)
 
 
 @attrs.define
@@ -252,11 +261,9 @@ class NatPmpMethod:
         refuses a deletion without the mapping's nonce, which only the journal knows. If this
         host's address changed, the deletion cannot name the mapping: it is kept.
         """
-        from nattrav.gateways import parse_gateway
-
         data = entry.data
         try:
-            gateway = parse_gateway(str(data["gateway"]))
+            gateway = _journal_gateway(str(data["gateway"]))
             transport = Transport(str(data["transport"]))
             internal_port = int(data["internal_port"])
             nonce = bytes.fromhex(str(data["nonce"])) if data.get("nonce") else None
@@ -268,7 +275,11 @@ class NatPmpMethod:
             settings=self.settings,
             server_port=int(data.get("server_port", 5351)),
             listen=False,
-            **{k: v for k, v in self._client_options.items() if k != "server_port"},
+            **{
+                k: v
+                for k, v in self._client_options.items()
+                if k not in ("server_port", "listen")
+            },
         ) as client:
             if data.get("internal_address") not in (None, client.client_address):
                 raise NatTravError(
