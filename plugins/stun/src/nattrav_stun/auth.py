@@ -422,6 +422,9 @@ class AuthSession:
         nonce = response.get(NONCE)
         if nonce is None or response.get(PASSWORD_ALGORITHMS) is not None:
             return True
+        error = response.get(ERROR_CODE)
+        if error is not None and error.code in (401, 438):
+            return True  # a challenge: on_challenge refuses to retry it instead
         features = parse_nonce_cookie(nonce)
         return features is None or not features.password_algorithms
 
