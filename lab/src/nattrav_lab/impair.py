@@ -21,6 +21,7 @@ Usage (the lab runs it; by hand only for debugging)::
 from __future__ import annotations
 
 import argparse
+import functools
 import heapq
 import random
 import select
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         if num is None:
             continue
         nfq = NetfilterQueue()
-        nfq.bind(num, lambda pkt, d=direction: on_packet(pkt, d), max_len=4096)
+        nfq.bind(num, functools.partial(on_packet, direction=direction), max_len=4096)
         queues[nfq.get_fd()] = nfq
     print(f"ready: queues in={args.queue_in} out={args.queue_out}", flush=True)
     try:

@@ -20,7 +20,7 @@ import attrs
 if TYPE_CHECKING:
     from nattrav_lab.lab import Lab
 
-__all__ = ["PingResult", "udp_ping"]
+__all__ = ["PingResult", "datagram_arrives", "udp_ping"]
 
 
 @attrs.frozen
@@ -148,3 +148,49 @@ def udp_ping(
         reordered=reordered,
         order=tuple(order),
     )
+
+
+def datagram_arrives(
+    lab: Lab,
+    to: tuple[str, int],
+    *,
+    listen_role: str = "lan",
+    listen_port: int | None = None,
+    from_role: str = "internet",
+    from_ip: str | None = None,
+    timeout: float = 0.25,
+    attempts: int = 2,
+) -> bool:
+    """Does a datagram sent from ``from_role`` to ``to`` reach a socket in ``listen_role``?
+
+    The listening socket binds the wildcard address on ``listen_port`` (default: ``to``'s
+    port) in ``listen_role``; the sender binds ``from_ip`` (default: the first internet peer
+    address of ``to``'s family). Use it to check that a port mapping or pinhole really lets
+    traffic in, and that it stops doing so once released. A "no" costs ``timeout`` times
+    ``attempts`` (in the lab a datagram that gets through arrives within milliseconds).
+    """
+    host, port = to
+    v6 = ":" in host
+    family = socket.AF_INET6 if v6 else socket.AF_INET
+    source = from_ip or (lab.internet_peer_ip6 if v6 else lab.internet_peer_ip4)
+    token = f"nattrav-lab-{time.monotonic_ns()}".encode()
+    with lab.inside(listen_role):
+        listener = socket.socket(family, socket.SOCK_DGRAM)
+    with lab.inside(from_role):
+        sender = socket.socket(family, socket.SOCK_DGRAM)
+    with listener, sender:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("::" if v6 else "0.0.0.0", listen_port or port))
+        sender.bind((source, 0))
+        listener.settimeout(timeout)
+        for _ in range(attempts):
+            sender.sendto(token, (host, port))
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                try:
+                    data = listener.recv(2048)
+                except TimeoutError:
+                    break
+                if data == token:
+                    return True
+    return False

@@ -75,9 +75,13 @@ def start_daemon(
     """Start ``argv`` inside ``namespace`` in a session of its own, output to ``log``.
 
     ``ip netns exec`` switches namespace and then execs the command, so the PID we get is the
-    daemon's own. The Popen object goes into ``children`` so this process can reap it.
+    daemon's own. The Popen object goes into ``children`` so this process can reap it. A log
+    from an earlier run of the same daemon is kept as ``<log>.prev``: readiness checks read the
+    log, and must only see what this run wrote.
     """
-    with open(log, "ab") as out:
+    if log.exists():
+        log.replace(log.with_name(log.name + ".prev"))
+    with open(log, "wb") as out:
         proc = subprocess.Popen(
             ["ip", "netns", "exec", namespace, *argv],
             stdin=subprocess.DEVNULL,
