@@ -124,7 +124,7 @@ async def test_occupied_port_is_avoided_without_touching_it(igd_session: Any) ->
 
 async def test_718_race_on_igd2_uses_add_any_port_mapping(igd_session: Any) -> None:
     """718 after the port looked free (another client won the race; scripted)."""
-    async with igd_session(faults={"AddPortMapping": [718]}) as (fake, transport, conn, _fw):
+    async with igd_session(faults={"AddPortMapping": [718]}) as (_fake, transport, conn, _fw):
         quirks = GatewayQuirks()
         async with hold(_lease(ConnectionClient(transport, conn), quirks=quirks)) as lease:
             assert lease.mapping is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nattrav_upnp.search import SearchTarget, SsdpSearch
@@ -151,3 +152,35 @@ def test_any_input_sequence_ends_by_the_deadline(items: list[tuple[bytes, float]
     s.handle_timer(2.0)
     assert s.done
     assert s.get_timer() is None
+
+
+def test_waits_for_a_device_of_every_needed_family() -> None:
+    """A pinhole needs the router reached over IPv6: wait (a little) for that answer too."""
+    gw6 = "2001:db8:1:1::1"
+    s = SsdpSearch(
+        (SearchTarget("eth0", "239.255.255.250"), SearchTarget("eth0v6", "ff02::c")),
+        gateways=frozenset({GW, gw6}),
+        families=frozenset({4, 6}),
+        settle=0.05,
+        settle_other=0.25,
+    )
+    s.start(0.0)
+    s.receive_datagram(_answer("http://192.168.1.1:5000/d.xml"), GW, "eth0", 0.05)
+    assert s.deadline == pytest.approx(0.30)  # the IPv4 gateway alone is not enough
+    s.receive_datagram(_answer(f"http://[{gw6}]:5000/d.xml"), gw6, "eth0v6", 0.12)
+    assert s.deadline == pytest.approx(0.17)
+    assert {r.location.url.family for r in s.responders} == {4, 6}
+
+
+def test_missing_family_ends_after_settle_other() -> None:
+    s = SsdpSearch(
+        (SearchTarget("eth0", "239.255.255.250"),),
+        gateways=frozenset({GW}),
+        families=frozenset({4, 6}),
+        settle_other=0.25,
+    )
+    s.start(0.0)
+    s.receive_datagram(_answer("http://192.168.1.1:5000/d.xml"), GW, "eth0", 0.05)
+    s.handle_timer(0.30)
+    assert s.done
+    assert len(s.responders) == 1

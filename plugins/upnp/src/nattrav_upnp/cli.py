@@ -28,6 +28,7 @@ from nattrav_upnp.selection import ExternalVerdict, ServiceProbe
 __all__ = ["run_command"]
 
 MAX_LIST = 512
+V4 = frozenset({4})
 
 
 def _config(args: argparse.Namespace, cli: Any) -> UpnpConfig:
@@ -168,7 +169,7 @@ async def _wait(args: argparse.Namespace) -> None:
 
 
 async def _best_public(method: UpnpMethod, transport: Any) -> tuple[GatewayChoice, ServiceProbe]:
-    choice = await method.choose(transport)
+    choice = await method.choose(transport, families=V4)
     best = choice.best
     if best is None:
         raise MethodUnavailable("upnp", "no gateway offers a WAN connection service")
@@ -274,7 +275,7 @@ async def _unmap(args: argparse.Namespace, cli: Any, method: UpnpMethod) -> int:
 async def _best_public_or_any(
     method: UpnpMethod, transport: Any
 ) -> tuple[GatewayChoice, ServiceProbe]:
-    choice = await method.choose(transport)
+    choice = await method.choose(transport, families=V4)
     if choice.best is None:
         raise MethodUnavailable("upnp", "no gateway offers a WAN connection service")
     return choice, choice.best
@@ -329,7 +330,7 @@ async def _pinhole(args: argparse.Namespace, cli: Any, method: UpnpMethod) -> in
         raise NatTravError(f"port {args.port} out of range 1-65535")
     cfg = method.config
     async with method.transport() as transport:
-        choice = await method.choose(transport)
+        choice = await method.choose(transport, families=frozenset({6}))
         if choice.firewall is None:
             raise MethodUnavailable("upnp", "no gateway offers WANIPv6FirewallControl over IPv6")
         _device, service = choice.firewall

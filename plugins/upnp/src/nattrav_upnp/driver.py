@@ -86,6 +86,7 @@ def plan_search(
     gateways: Iterable[tuple[str, str | None]],
     *,
     interfaces: Sequence[str] = (),
+    ipv4: bool = True,
     ipv6: bool = True,
     index_of: Any = None,
 ) -> SearchPlan:
@@ -106,6 +107,8 @@ def plan_search(
             continue
         key = f"{addr.interface}/{addr.ip}"
         if addr.family == 4:
+            if not ipv4:
+                continue
             sockets.append(SocketSpec(key, addr.interface, addr.ip, 4))
             targets.append(SearchTarget(key, ssdp.IPV4_GROUP))
             network = ipaddress.ip_network(f"{addr.ip}/{addr.prefix}", strict=False)

@@ -101,15 +101,21 @@ class Discovery:
         )
 
 
-def search_plan(config: UpnpConfig) -> tuple[SearchPlan, tuple[str, ...]]:
+def search_plan(
+    config: UpnpConfig, families: frozenset[int] = frozenset({4, 6})
+) -> tuple[SearchPlan, tuple[str, ...]]:
     """The search plan for this host (interfaces and default gateways read now)."""
     if config.gateway is not None:
         gws = [(g.ip, g.interface) for g in default_gateways(override=config.gateway)]
     else:
         gws = [(g.ip, g.interface) for g in default_gateways()]
-    families = [4, 6] if config.ipv6 else [4]
+    ipv6 = config.ipv6 and 6 in families
     plan = plan_search(
-        list_addresses(families=families), gws, interfaces=config.interfaces, ipv6=config.ipv6
+        list_addresses(families=[4, 6] if ipv6 else [4]),
+        gws,
+        interfaces=config.interfaces,
+        ipv4=4 in families or not ipv6,
+        ipv6=ipv6,
     )
     return plan, tuple(ip for ip, _ in gws)
 
@@ -121,19 +127,24 @@ async def discover(
     plan: SearchPlan | None = None,
     gateways: Sequence[str] | None = None,
     policy: UrlPolicy = STRICT,
+    families: frozenset[int] = frozenset({4, 6}),
 ) -> Discovery:
     """Search, then fetch and parse every responder's description.
 
-    ``plan`` and ``gateways`` replace the host's interfaces and routes (tests, explicit
-    targets); ``policy`` is for tests with scripted gateways on loopback only.
+    ``families`` are the IP families a device must be found over before the search may end
+    early (and the only ones searched). ``plan`` and ``gateways`` replace the host's
+    interfaces and routes (tests, explicit targets); ``policy`` is for tests with scripted
+    gateways on loopback only.
     """
     if plan is None:
-        plan, found_gateways = search_plan(config)
+        plan, found_gateways = search_plan(config, families)
         gateways = found_gateways if gateways is None else gateways
     gateways = tuple(gateways or ())
     errors: Counter[str] = Counter()
+    wanted = frozenset(families) & {s.family for s in plan.sockets}
     search = SsdpSearch(
         plan.targets,
+        families=wanted or frozenset({4}),
         window=config.discovery_window,
         settle=config.settle,
         settle_other=config.settle_other,

@@ -92,10 +92,24 @@ class UpnpMethod:
 
     # ---------------------------------------------------------------- discovery
 
-    async def choose(self, transport: HttpTransport, telemetry: Any = None) -> GatewayChoice:
-        """Discover, probe and rank; ``MethodUnavailable`` when no IGD answered at all."""
+    async def choose(
+        self,
+        transport: HttpTransport,
+        telemetry: Any = None,
+        families: frozenset[int] = frozenset({4, 6}),
+    ) -> GatewayChoice:
+        """Discover, probe and rank; ``MethodUnavailable`` when no IGD answered at all.
+
+        ``families``: IPv4 for port mappings, IPv6 for pinholes (the router must be reached
+        over IPv6 for those); the search waits a little for a device of each.
+        """
         found = await discover(
-            self.config, transport, plan=self.plan, gateways=self.gateways, policy=self.policy
+            self.config,
+            transport,
+            plan=self.plan,
+            gateways=self.gateways,
+            policy=self.policy,
+            families=families,
         )
         if telemetry is not None:
             counter = telemetry.counter(
@@ -124,7 +138,7 @@ class UpnpMethod:
         """Map and/or open a pinhole; the leases stay held in ``stack``."""
         request = ctx.request
         protocol = request.transport.value.upper()
-        choice = await self.choose(transport, ctx.telemetry)
+        choice = await self.choose(transport, ctx.telemetry, self._families(request.families))
         problems: list[str] = []
         primary: Candidate | None = None
         also: list[Candidate] = []
@@ -151,6 +165,12 @@ class UpnpMethod:
         if primary is None:
             raise MethodUnavailable(NAME, "; ".join(problems) or "nothing to map")
         return Acquisition(primary, also=tuple(also))
+
+    def _families(self, requested: frozenset[int]) -> frozenset[int]:
+        wanted = set(requested & {4})
+        if 6 in requested and self.config.pinholes and self.config.ipv6:
+            wanted.add(6)
+        return frozenset(wanted or {4})
 
     async def _map(
         self,
@@ -183,7 +203,7 @@ class UpnpMethod:
         client = ConnectionClient(transport, service, ctx.telemetry)
 
         async def reconnect() -> ConnectionClient:
-            again = await self.choose(transport, ctx.telemetry)
+            again = await self.choose(transport, ctx.telemetry, frozenset({4}))
             same = [p for p in again.probes if p.device_key == best.device_key] or [
                 p for p in again.probes if p.service.control_url.host == service.control_url.host
             ]
@@ -227,7 +247,7 @@ class UpnpMethod:
         internal_client = local_address_for(service.control_url.host)
 
         async def reconnect() -> FirewallClient:
-            again = await self.choose(transport, ctx.telemetry)
+            again = await self.choose(transport, ctx.telemetry, frozenset({6}))
             if again.firewall is None:
                 raise UpnpHttpError("the IPv6 firewall service was not found again")
             return FirewallClient(transport, again.firewall[1], ctx.telemetry)

@@ -11,9 +11,11 @@ it receives to ``receive_datagram(...)``, sleeps until ``get_timer()`` and calls
 Timing (hostile-inputs.md U3, U4): the search ends at an *absolute* deadline,
 ``start + window``, however much traffic arrives (miniupnp issue #488 looped forever on junk).
 It ends earlier once it has what it needs: ``settle`` seconds after the default gateway's
-device answered, or after the first answer when no gateway is known; ``settle_other`` seconds
-after a first answer from some other device, giving the gateway a moment to speak up. UDP
-gets lost, so the M-SEARCHes are sent again at ``resend_at`` offsets inside the window.
+device answered (any device, when no gateway is known) *and* a device answered for every IP
+family in ``families`` (IPv6 pinholes need the router reached over IPv6); otherwise at most
+``settle_other`` seconds after the first answer, giving the gateway or the other family a
+moment to speak up. UDP gets lost, so the M-SEARCHes are sent again at ``resend_at`` offsets
+inside the window.
 
 Keeping (U1, U2, U4-U7): each datagram goes through ``ssdp.parse_response``, the IGD filter,
 and ``urls.location_url`` (re-pointed to the responder, which must be a safe address).
@@ -84,6 +86,7 @@ class SsdpSearch:
     policy: UrlPolicy = STRICT
     resend_at: tuple[float, ...] = (0.0, 0.25, 1.0)
     mx: int = 1
+    families: frozenset[int] = frozenset({4})
 
     started_at: float | None = attrs.field(default=None, init=False)
     deadline: float = attrs.field(default=math.inf, init=False)
@@ -165,6 +168,7 @@ class SsdpSearch:
             self.discarded["over-cap"] += 1
             return
         from_gateway = location.url.host in self.gateways
+        first = not self._found
         self._found[url] = Responder(
             location=location,
             response=response,
@@ -174,10 +178,17 @@ class SsdpSearch:
             first_seen=now,
             search_types=frozenset({response.st}),
         )
-        if from_gateway or not self.gateways:
-            self.deadline = min(self.deadline, now + self.settle)
-        else:
+        if first:
             self.deadline = min(self.deadline, now + self.settle_other)
+        if self._satisfied():
+            self.deadline = min(self.deadline, now + self.settle)
+
+    def _satisfied(self) -> bool:
+        found = self._found.values()
+        if self.gateways and not any(r.from_gateway for r in found):
+            return False
+        seen = {r.location.url.family for r in found}
+        return self.families <= seen
 
     # ---------------------------------------------------------------- results
 
