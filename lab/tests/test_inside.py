@@ -69,8 +69,10 @@ async def test_tcp_over_ipv6_from_lan_is_routed_not_natted(lab: Lab) -> None:
 def test_exec_runs_in_the_role_namespace(lab: Lab) -> None:
     out = lab.exec("lan", ["ip", "-o", "-4", "addr", "show", "dev", "eth0"], check=True).stdout
     assert lab.lan_host_ip4 in out
-    code = "import socket; s=socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); " \
-           f"s.connect(('{lab.internet_peer_ip6}', 9)); print(s.getsockname()[0])"
+    code = (
+        "import socket; s=socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); "
+        f"s.connect(('{lab.internet_peer_ip6}', 9)); print(s.getsockname()[0])"
+    )
     proc = lab.popen("lan", [sys.executable, "-c", code], stdout=-1, text=True)
     out, _ = proc.communicate(timeout=20)
     assert out.strip() == lab.lan_host_ip6

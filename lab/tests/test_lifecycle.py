@@ -31,7 +31,13 @@ def test_up_twice_is_a_no_op_and_down_leaves_nothing() -> None:
         lab.bring_up()
         assert sorted(_our_namespaces(lab)) == sorted(lab.namespaces.values())
         assert set(lab.roles) == {
-            "internet", "router", "lan", "lan2", "site2.router", "site2.lan", "site2.lan2"
+            "internet",
+            "router",
+            "lan",
+            "lan2",
+            "site2.router",
+            "site2.lan",
+            "site2.lan2",
         }
         daemons = [Daemon.from_json(d) for d in load_record(lab.state_dir).daemons]  # type: ignore[union-attr]
         assert {d.name for d in daemons} == {"coturn", "miniupnpd1", "miniupnpd2"}

@@ -24,8 +24,7 @@ def nobody_dir() -> Iterator[Path]:
     try:
         path.chmod(0o777)
         (path / "test_uses_lab.py").write_text(
-            "def test_a(lab):\n    pass\n\n"
-            "def test_b(lab_factory):\n    pass\n"
+            "def test_a(lab):\n    pass\n\ndef test_b(lab_factory):\n    pass\n"
         )
         yield path
     finally:
@@ -34,10 +33,24 @@ def nobody_dir() -> Iterator[Path]:
 
 def _pytest_as_nobody(path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
-         sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rA",
-         "-p", "nattrav_lab.pytest_plugin",
-         "test_uses_lab.py"],
+        [
+            "setpriv",
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-rA",
+            "-p",
+            "nattrav_lab.pytest_plugin",
+            "test_uses_lab.py",
+        ],
         cwd=path,
         capture_output=True,
         text=True,

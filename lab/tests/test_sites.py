@@ -52,10 +52,10 @@ def test_two_eim_sites_punch_a_hole(lab: Lab) -> None:
 def test_sites_cannot_reach_each_others_lan_unsolicited(lab: Lab) -> None:
     site2 = lab.site2
     assert site2 is not None
-    assert not datagram_arrives(lab, (lab.public_ip4, 46002), from_role="site2.lan",
-                                from_ip="0.0.0.0")
-    assert not datagram_arrives(lab, (lab.lan_host_ip6, 46002), from_role="site2.lan",
-                                from_ip="::")
+    assert not datagram_arrives(
+        lab, (lab.public_ip4, 46002), from_role="site2.lan", from_ip="0.0.0.0"
+    )
+    assert not datagram_arrives(lab, (lab.lan_host_ip6, 46002), from_role="site2.lan", from_ip="::")
 
 
 @pytest.mark.parametrize("lab", ["open"], indirect=True)

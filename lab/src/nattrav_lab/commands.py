@@ -30,8 +30,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     up = sub.add_parser("up", help="bring a lab up (a no-op if that name is up already)")
     up.add_argument("--topology", "-t", choices=list(TOPOLOGIES), default="eim")
     up.add_argument("--name", help="lab name (default: generated; printed)")
-    up.add_argument("--second-site", choices=list(TOPOLOGIES), default=None,
-                    help="add a second site with this topology on the same internet")
+    up.add_argument(
+        "--second-site",
+        choices=list(TOPOLOGIES),
+        default=None,
+        help="add a second site with this topology on the same internet",
+    )
     up.add_argument("--second-lan-host", action="store_true", help="add role lan2")
     up.add_argument("--wan-mtu", type=int, default=1500)
     up.add_argument("--lan-mtu", type=int, default=1500)
@@ -45,8 +49,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="every lab made by `nattrav lab up` and every lab whose owning process is gone",
     )
-    down.add_argument("--force", action="store_true",
-                      help="with --all: also labs of running processes (e.g. a test session)")
+    down.add_argument(
+        "--force",
+        action="store_true",
+        help="with --all: also labs of running processes (e.g. a test session)",
+    )
     _json_flag(down)
 
     status = sub.add_parser("status", help="list labs, or show one lab's facts")
@@ -103,8 +110,10 @@ def _up(args: argparse.Namespace, cli: Any, json_out: bool) -> int:
     if json_out:
         cli.emit_json(lab.facts())
     else:
-        cli.line(f"lab {lab.name} is up ({lab.topology}"
-                 f"{' + ' + lab.second_site if lab.second_site else ''})")
+        cli.line(
+            f"lab {lab.name} is up ({lab.topology}"
+            f"{' + ' + lab.second_site if lab.second_site else ''})"
+        )
         _print_summary(cli, lab)
         cli.line(f"remove it with: nattrav lab down --name {lab.name}")
     return 0
@@ -116,12 +125,16 @@ def _print_summary(cli: Any, lab: Any) -> None:
     cli.line(f"router:    LAN {lab.router_lan_ip4}  WAN {lab.router_wan_ip4}  {lab.router_wan_ip6}")
     cli.line(f"public:    {lab.public_ip4}")
     t = lab.turn
-    cli.line(f"STUN/TURN: {t.host4}:{t.port} [{t.host6}]:{t.port} (alternate "
-             f"{t.alternate_host4}:{t.alternate_port}), TLS {t.tls_port}, user {t.user} "
-             f"password {t.password} realm {t.realm}")
+    cli.line(
+        f"STUN/TURN: {t.host4}:{t.port} [{t.host6}]:{t.port} (alternate "
+        f"{t.alternate_host4}:{t.alternate_port}), TLS {t.tls_port}, user {t.user} "
+        f"password {t.password} realm {t.realm}"
+    )
     cli.line(f"TLS CA:    {t.ca_path}")
-    cli.line(f"peers:     {lab.internet_peer_ips4[0]}-{lab.internet_peer_ips4[-1].split('.')[-1]}"
-             f"  {lab.internet_peer_ips6[0]}-{lab.internet_peer_ips6[-1].split(':')[-1]}")
+    cli.line(
+        f"peers:     {lab.internet_peer_ips4[0]}-{lab.internet_peer_ips4[-1].split('.')[-1]}"
+        f"  {lab.internet_peer_ips6[0]}-{lab.internet_peer_ips6[-1].split(':')[-1]}"
+    )
 
 
 def _down(args: argparse.Namespace, cli: Any, json_out: bool) -> int:
@@ -156,13 +169,15 @@ def _status(args: argparse.Namespace, cli: Any, json_out: bool) -> int:
     for lab in labs:
         facts = lab.facts()
         alive = all(d["alive"] for d in facts["daemons"].values())
-        rows.append([
-            lab.name,
-            lab.topology + (f"+{lab.second_site}" if lab.second_site else ""),
-            "up" if lab.is_up and alive else "broken" if lab.is_up else "down",
-            "cli" if lab.persistent else "process",
-            str(lab.state_dir),
-        ])
+        rows.append(
+            [
+                lab.name,
+                lab.topology + (f"+{lab.second_site}" if lab.second_site else ""),
+                "up" if lab.is_up and alive else "broken" if lab.is_up else "down",
+                "cli" if lab.persistent else "process",
+                str(lab.state_dir),
+            ]
+        )
     if rows:
         cli.table(["name", "topology", "state", "owner", "state dir"], rows)
     else:
@@ -189,10 +204,19 @@ def _exec(args: argparse.Namespace, cli: Any, json_out: bool) -> int:
         lab = labs[0]
     ns = lab.netns(args.role)
     if json_out:
-        proc = subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True,
-                              check=False)
-        cli.emit_json({"lab": lab.name, "role": args.role, "namespace": ns, "argv": cmd,
-                       "returncode": proc.returncode, "stdout": proc.stdout,
-                       "stderr": proc.stderr})
+        proc = subprocess.run(
+            ["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, check=False
+        )
+        cli.emit_json(
+            {
+                "lab": lab.name,
+                "role": args.role,
+                "namespace": ns,
+                "argv": cmd,
+                "returncode": proc.returncode,
+                "stdout": proc.stdout,
+                "stderr": proc.stderr,
+            }
+        )
         return proc.returncode
     return subprocess.run(["ip", "netns", "exec", ns, *cmd], check=False).returncode

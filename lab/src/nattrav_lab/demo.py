@@ -82,9 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     failures: list[str] = []
     try:
         print(f"lab {lab.name} up in {lab.up_seconds or 0:.2f} s")
-        print(f"LAN host {lab.lan_host_ip4} / {lab.lan_host_ip6} behind router "
-              f"{lab.router_lan_ip4} -> public {lab.public_ip4}; "
-              f"STUN/TURN at {lab.stun_primary4[0]}:{lab.stun_primary4[1]}")
+        print(
+            f"LAN host {lab.lan_host_ip4} / {lab.lan_host_ip6} behind router "
+            f"{lab.router_lan_ip4} -> public {lab.public_ip4}; "
+            f"STUN/TURN at {lab.stun_primary4[0]}:{lab.stun_primary4[1]}"
+        )
         steps: list[tuple[str, list[str], float]] = [
             ("plugins", [*NATTRAV, "plugins", "list"], 60),
         ]
@@ -106,8 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         state = lab.gateway_state() if lab.has_igd() else None
         if state is not None:
             _banner("router after the demo")
-            print("no mappings left behind" if state.empty else
-                  f"mappings still on the router: {state.rules} {state.leases}")
+            print(
+                "no mappings left behind"
+                if state.empty
+                else f"mappings still on the router: {state.rules} {state.leases}"
+            )
             if not state.empty:
                 failures.append("cleanup")
     finally:

@@ -219,7 +219,9 @@ class Lab:
         tls_dir = lab.state_dir / "tls"
         if (tls_dir / "ca.pem").exists():
             lab._tls = TurnTls(
-                tls_dir / "ca.pem", tls_dir / "turn-cert.pem", tls_dir / "turn-key.pem",
+                tls_dir / "ca.pem",
+                tls_dir / "turn-cert.pem",
+                tls_dir / "turn-key.pem",
                 opts.get("tls_server_name", "turn.lab.nattrav.test"),
             )
         lab._up = rec.up
@@ -433,8 +435,9 @@ class Lab:
             "impairments": {str(k): v for k, v in self._impair.items()},
         }
         if self._tls is not None:
-            out["turn"] = {k: str(v) if isinstance(v, Path) else v
-                           for k, v in attrs.asdict(self.turn).items()}
+            out["turn"] = {
+                k: str(v) if isinstance(v, Path) else v for k, v in attrs.asdict(self.turn).items()
+            }
         return out
 
     # ------------------------------------------------------------------ running code inside
@@ -799,10 +802,12 @@ class Lab:
         self._wait(
             "coturn",
             "coturn answering STUN",
-            lambda: stun_answers(inet, p4, STUN_PORT)
-            and stun_answers(inet, a4, STUN_PORT + 1)
-            and stun_answers(inet, p6, STUN_PORT)
-            and tcp_accepts(inet, p4, TLS_PORT),
+            lambda: (
+                stun_answers(inet, p4, STUN_PORT)
+                and stun_answers(inet, a4, STUN_PORT + 1)
+                and stun_answers(inet, p6, STUN_PORT)
+                and tcp_accepts(inet, p4, TLS_PORT)
+            ),
         )
 
     def _start_miniupnpd(self, index: int) -> None:
@@ -818,8 +823,10 @@ class Lab:
         self._wait(
             key,
             "miniupnpd serving HTTP after its STUN check",
-            lambda: tcp_accepts(ns, site.router_lan_ip4, UPNP_HTTP_PORT)
-            and log_contains(log, "STUN: ", "Port forwarding", "port forwarding"),
+            lambda: (
+                tcp_accepts(ns, site.router_lan_ip4, UPNP_HTTP_PORT)
+                and log_contains(log, "STUN: ", "Port forwarding", "port forwarding")
+            ),
         )
 
     # ------------------------------------------------------------------ down
@@ -970,13 +977,21 @@ class Lab:
             return
         queue = IMPAIR_QUEUE + 2 * site
         argv = [
-            sys.executable, "-m", "nattrav_lab.impair",
-            "--queue-in", str(queue),
-            "--queue-out", str(queue + 1),
-            "--delay", str(delay),
-            "--jitter", str(jitter),
-            "--reorder", str(reorder),
-            "--duplicate", str(duplicate),
+            sys.executable,
+            "-m",
+            "nattrav_lab.impair",
+            "--queue-in",
+            str(queue),
+            "--queue-out",
+            str(queue + 1),
+            "--delay",
+            str(delay),
+            "--jitter",
+            str(jitter),
+            "--reorder",
+            str(reorder),
+            "--duplicate",
+            str(duplicate),
         ]
         self._start(key, router, argv)
         log = self._daemons[key].log
@@ -986,8 +1001,13 @@ class Lab:
             self._stop(key)
             raise LabError(f"set_delay: {exc} (is NetfilterQueue installed?)") from None
         self._set_queue_rules(router, (queue, direction))
-        knobs.update(delay=delay, jitter=jitter, reorder=reorder, duplicate=duplicate,
-                     delay_direction=direction)
+        knobs.update(
+            delay=delay,
+            jitter=jitter,
+            reorder=reorder,
+            duplicate=duplicate,
+            delay_direction=direction,
+        )
         self._save()
 
     def _set_queue_rules(self, router: str, spec: tuple[int, str] | None) -> None:
@@ -1028,8 +1048,21 @@ class Lab:
             for dev in devs[direction]:
                 self.exec(
                     router,
-                    ["tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", f"{kbit}kbit",
-                     "burst", str(burst), "latency", "100ms"],
+                    [
+                        "tc",
+                        "qdisc",
+                        "add",
+                        "dev",
+                        dev,
+                        "root",
+                        "tbf",
+                        "rate",
+                        f"{kbit}kbit",
+                        "burst",
+                        str(burst),
+                        "latency",
+                        "100ms",
+                    ],
                     check=True,
                 )
             knobs["rate_kbit"] = kbit
@@ -1062,8 +1095,12 @@ class Lab:
         return self.facts()
 
 
-def reap(*, state_dir_root: str | Path | None = None, include_persistent: bool = False,
-         include_live: bool = False) -> list[str]:
+def reap(
+    *,
+    state_dir_root: str | Path | None = None,
+    include_persistent: bool = False,
+    include_live: bool = False,
+) -> list[str]:
     """Tear down registered labs whose owner is gone (and more if asked); return their names.
 
     ``include_persistent``: also labs made by the CLI (they have no owner).
@@ -1078,4 +1115,3 @@ def reap(*, state_dir_root: str | Path | None = None, include_persistent: bool =
         Lab._from_record(rec, state_dir_root).down()
         removed.append(rec.name)
     return removed
-

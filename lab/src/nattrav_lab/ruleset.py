@@ -73,9 +73,7 @@ def router_ruleset(site: SitePlan) -> str:
         flags = " fully-random" if topo.nat == "symmetric" else ""
         # Only LAN-sourced traffic: the router's own packets (miniupnpd's STUN check) must
         # keep their ports, or the check misjudges the NAT.
-        masquerade = (
-            f'        ip saddr {site.lan_subnet4} oifname "{WAN}" masquerade{flags}\n'
-        )
+        masquerade = f'        ip saddr {site.lan_subnet4} oifname "{WAN}" masquerade{flags}\n'
     return f"""
 table inet filter {{
     chain forward {{
