@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -9,8 +11,9 @@ from nattrav_natpmp.epoch import EpochTracker, EpochVerdict
 
 
 def test_first_epoch_is_valid_by_definition() -> None:
-    for rule in ("natpmp", "pcp"):
-        obs = EpochTracker(rule).observe(123, 1000.0)  # type: ignore[arg-type]
+    rules: tuple[Literal["natpmp", "pcp"], ...] = ("natpmp", "pcp")
+    for rule in rules:
+        obs = EpochTracker(rule).observe(123, 1000.0)
         assert obs.verdict is EpochVerdict.FIRST and not obs.lost_state
 
 

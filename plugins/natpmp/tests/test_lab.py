@@ -186,7 +186,7 @@ async def test_no_gateway_server_costs_one_window(lab: Any) -> None:
 
     with lab.inside("lan"):
         start = anyio.current_time()
-        with pytest.raises(MethodUnavailable, match="no PCP or NAT-PMP server at 192.168.1.1"):
+        with pytest.raises(MethodUnavailable, match=r"no PCP or NAT-PMP server at 192\.168\.1\.1"):
             async with NatPmpMethod(SETTINGS).acquire(context(40000, [])):
                 pass
         assert anyio.current_time() - start < 2.0
@@ -195,7 +195,10 @@ async def test_no_gateway_server_costs_one_window(lab: Any) -> None:
 @pytest.mark.parametrize("lab", ["eim"], indirect=True)
 def test_cli_external_map_unmap(lab: Any) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return lab.exec("lan", [NATTRAV, "natpmp", *args], timeout=30)
+        done: subprocess.CompletedProcess[str] = lab.exec(
+            "lan", [NATTRAV, "natpmp", *args], timeout=30
+        )
+        return done
 
     done = run("external", "--json")
     assert done.returncode == 0, done.stderr
@@ -217,6 +220,13 @@ def test_cli_external_map_unmap(lab: Any) -> None:
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"deleted": True, "protocol": "pcp", "port": 40123}
     assert not has_rule(lab, 40123)
+
+    done = run("map", "40125", "--tcp", "--lifetime", "60", "--keep", "--hold", "0", "--json")
+    assert done.returncode == 0, done.stderr
+    tcp = json.loads(done.stdout.splitlines()[0])["mapping"]
+    assert any(lease.startswith("TCP:40125:") for lease in lab.gateway_state().leases)
+    assert run("unmap", "40125", "--tcp", "--nonce", tcp["nonce"]).returncode == 0
+    assert not has_rule(lab, 40125)
 
     done = run("map", "40124", "--natpmp", "--lifetime", "60", "--keep", "--hold", "0")
     assert done.returncode == 0 and "NAT-PMP v0" in done.stdout, done.stderr
@@ -252,4 +262,34 @@ async def test_behind_a_cgnat_no_reachability_is_claimed(lab: Any) -> None:
         report = await probe_gateway(gateway, SETTINGS, window=0.5)
     assert report["answered"] and report["pcp"]["version"] == 2
     assert report["external_address"] == lab.public_ip4
+    assert lab.gateway_state().empty
+
+
+@pytest.mark.parametrize("lab", ["eim"], indirect=True)
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_probe_section_with_test_mapping(lab: Any) -> None:
+    import attrs
+    from nattrav.gateways import default_gateways
+    from nattrav.probe import ProbeOptions
+    from nattrav_natpmp.report import run_section
+
+    @attrs.define
+    class Context:
+        gateways: list[Any]
+        options: ProbeOptions = attrs.field(
+            factory=lambda: ProbeOptions(window=0.5, test_mapping=True)
+        )
+
+        def settings(self, plugin: str) -> dict[str, Any]:
+            assert plugin == "natpmp"
+            return {}
+
+    with lab.inside("lan"):
+        section = await run_section(Context(default_gateways()))
+    assert section["present"] and section["gateway_external_ips"] == [lab.public_ip4]
+    v4, v6 = section["gateways"]
+    assert v4["natpmp"]["external_address"] == lab.public_ip4 and v4["pcp"]["version"] == 2
+    assert v4["test_mapping"]["created"] and v4["test_mapping"]["released"]
+    assert v6["natpmp"] is None and v6["pcp"]["version"] == 2  # NAT-PMP is IPv4-only
+    assert v6["test_mapping"]["external"].startswith(f"[{lab.lan_host_ip6}]:")
     assert lab.gateway_state().empty

@@ -104,7 +104,7 @@ def test_expiry_loses_the_lease_then_recreates_with_backoff() -> None:
         assert due is not None and due.action is Action.RENEW
         lz.failed(timer)
     assert [c.kind for c in changes] == [LeaseEventKind.LOST]
-    assert lz.state is LeaseState.LOST and timer == 160.0
+    assert lz.state.value == "lost" and timer == 160.0
     assert lz.windows == [130.0, 145.0, 152.5, 156.5]
     # Re-created straight away, but not within 4 s of the last renewal attempt (156.5).
     assert due is None and lz.get_timer() == 160.5

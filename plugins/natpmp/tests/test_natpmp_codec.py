@@ -51,7 +51,9 @@ def test_delete_all_is_internal_port_zero_lifetime_zero() -> None:
         ((Transport.UDP, 5000, 0, 2**32), "out of range"),
     ],
 )
-def test_invalid_requests_are_local_errors(args: tuple, message: str) -> None:
+def test_invalid_requests_are_local_errors(
+    args: tuple[Transport, int, int, int], message: str
+) -> None:
     with pytest.raises(LocalProtocolError, match=message):
         MapRequest(*args)
 
@@ -64,7 +66,8 @@ def test_external_address_response() -> None:
 
 
 def test_p6_unknown_external_address_is_none() -> None:
-    assert decode_response(h("00 80 0000 00000e10 00000000")).external_address is None
+    response = decode_response(h("00 80 0000 00000e10 00000000"))
+    assert isinstance(response, ExternalAddressResponse) and response.external_address is None
 
 
 def test_map_response() -> None:

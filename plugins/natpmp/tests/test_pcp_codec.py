@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -98,8 +99,8 @@ def test_deletion_request_keeps_the_nonce() -> None:
         ({"lifetime": -1}, "out of range"),
     ],
 )
-def test_invalid_requests(kwargs: dict, message: str) -> None:
-    base = {"nonce": NONCE, "protocol": 17, "internal_port": 5000,
+def test_invalid_requests(kwargs: dict[str, Any], message: str) -> None:
+    base: dict[str, Any] = {"nonce": NONCE, "protocol": 17, "internal_port": 5000,
             "client_address": "192.168.1.100", "lifetime": 60}
     with pytest.raises(LocalProtocolError, match=message):
         MapRequest(**(base | kwargs))

@@ -43,7 +43,9 @@ def natpmp_map_txn(**kw: object) -> NatPmpTransaction:
     return NatPmpTransaction(request, GW, **kw)  # type: ignore[arg-type]
 
 
-def pcp_map_request(lifetime: int = 7200, options: tuple = ()) -> pcp_codec.MapRequest:
+def pcp_map_request(
+    lifetime: int = 7200, options: tuple[pcp_codec.Option, ...] = ()
+) -> pcp_codec.MapRequest:
     return pcp_codec.MapRequest(NONCE, 17, 5000, "192.168.1.10", lifetime, options=options)
 
 
@@ -183,6 +185,18 @@ def test_p6_external_address_zero_is_unknown() -> None:
     txn.receive_datagram(natpmp_external(7, "0.0.0.0"), SRC, 0.01)
     event = answered(txn)
     assert isinstance(event, Answered) and event.response.external_address is None  # type: ignore[union-attr]
+
+
+def test_answer_to_the_first_copy_after_a_retransmission_is_accepted() -> None:
+    """A slow gateway: requests are idempotent, so a late answer to an earlier copy counts."""
+    txn = natpmp_map_txn()
+    txn.start(0.0)
+    txn.handle_timer(0.25)
+    txn.handle_timer(0.75)
+    assert txn.sends == 3
+    txn.receive_datagram(natpmp_map(7, 5000, 5000, 7200), SRC, 0.8)
+    event = answered(txn)
+    assert isinstance(event, Answered) and event.sends == 3 and event.rtt == pytest.approx(0.8)
 
 
 def test_late_duplicates_are_discarded() -> None:
@@ -379,7 +393,7 @@ def test_silent_pcp_gets_a_grace_period_after_natpmp_answers() -> None:
     neg = negotiation()
     neg.receive_datagram(natpmp_external(7), SRC, 0.010)
     timer = neg.get_timer()
-    assert timer == pytest.approx(0.060)  # max(50 ms, 2 x 10 ms RTT)
+    assert timer is not None and timer == pytest.approx(0.060)  # max(50 ms, 2 x 10 ms RTT)
     neg.handle_timer(timer)
     outcome = neg.next_event()
     assert isinstance(outcome, Negotiated) and outcome.protocol == "natpmp"

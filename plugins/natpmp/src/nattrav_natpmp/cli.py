@@ -22,7 +22,7 @@ import signal
 import socket
 from typing import Any, Literal
 
-from nattrav.errors import ConfigError, MethodError, NatTravError
+from nattrav.errors import MethodError, NatTravError
 
 __all__ = ["configure", "run"]
 
@@ -127,18 +127,20 @@ def _out(cli: Any, value: Any) -> None:
 async def _main(args: argparse.Namespace, cli: Any) -> int:
     import anyio
 
-    try:
-        settings = _settings(args, cli)
-    except ConfigError:
-        raise
+    settings = _settings(args, cli)
     gateway = _gateway(settings, args.family)
-    if args.natpmp_command == "external":
-        with anyio.fail_after(args.timeout):
-            return await _external(args, cli, settings, gateway)
-    if args.natpmp_command == "unmap":
-        with anyio.fail_after(args.timeout):
-            return await _unmap(args, cli, settings, gateway)
-    return await _map(args, cli, settings, gateway)
+    try:
+        if args.natpmp_command == "external":
+            with anyio.fail_after(args.timeout):
+                return await _external(args, cli, settings, gateway)
+        if args.natpmp_command == "unmap":
+            with anyio.fail_after(args.timeout):
+                return await _unmap(args, cli, settings, gateway)
+        return await _map(args, cli, settings, gateway)
+    except TimeoutError:
+        raise NatTravError(
+            f"gateway {gateway.host} did not finish within {args.timeout:g} s (--timeout)"
+        ) from None
 
 
 async def _external(args: argparse.Namespace, cli: Any, settings: Any, gateway: Any) -> int:

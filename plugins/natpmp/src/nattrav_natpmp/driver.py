@@ -406,6 +406,10 @@ class GatewayClient:
         finally:
             for reason, count in machine.discards.items():
                 self.discards[reason] = self.discards.get(reason, 0) + count
+                if self._telemetry is not None:
+                    self._telemetry.counter(
+                        "nattrav.natpmp.discarded", description="datagrams discarded by reason"
+                    ).add(count, {"reason": reason.split(":", 1)[0]})
 
     def _observe(self, protocol: ProtocolName, event: Any, now: float) -> EpochObservation | None:
         response = getattr(event, "response", None)

@@ -94,6 +94,8 @@ class GatewayError(MethodError):
     """A NAT-PMP or PCP gateway answered a request with a non-zero result code."""
 
     protocol: str = ""
+    #: The result code as the protocol's enum, or the raw number when it is undefined.
+    result: int
 
     def __init__(self, code: int, reason: str, *, retryable: bool) -> None:
         self.code = code

@@ -93,8 +93,11 @@ async def probe_gateway(
             if external and not result["external_address"]:
                 from nattrav.addresses import parse_hostport
 
-                result["external_address"] = parse_hostport(external)[0]
-                result["verdict"] = double_nat_reason(result["external_address"])
+                host = parse_hostport(external)[0]
+                # An IPv6 firewall maps our own address (no NAT): not a gateway WAN address.
+                if host != client.client_address:
+                    result["external_address"] = host
+                    result["verdict"] = double_nat_reason(host)
     return result
 
 
