@@ -332,3 +332,40 @@ def test_killed_process_mapping_is_cleaned_up_from_the_journal(lab: Any, tmp_pat
         ("upnp", "port-mapping", True)
     ]
     assert lab.gateway_state().empty
+
+
+@pytest.mark.parametrize("lab", [LAB], indirect=True)
+async def test_probe_report_section_with_test_mapping(lab: Any) -> None:
+    from nattrav.config import Config
+    from nattrav.probe import ProbeContext, ProbeOptions
+    from nattrav.runtime import Runtime
+    from nattrav_upnp.report import upnp_section
+
+    runtime = Runtime.load(Config(), disabled=())
+    ctx = ProbeContext(runtime, ProbeOptions(test_mapping=True, window=0.5), [], [])
+    with _in(lab):
+        section = await upnp_section(ctx)
+    assert section["present"] and section["usable"]
+    assert section["gateway_external_ips"] == [lab.public_ip4]
+    assert section["pinholes"] is not None
+    mapping = section["test_mapping"]
+    assert mapping["created"] and mapping["released"], mapping
+    assert mapping["endpoint"].startswith(lab.public_ip4 + ":")
+    assert lab.gateway_state().empty
+
+
+@pytest.mark.parametrize("lab", ["no-igd"], indirect=True)
+async def test_probe_report_section_without_igd(lab: Any) -> None:
+    from nattrav.config import Config
+    from nattrav.probe import ProbeContext, ProbeOptions
+    from nattrav.runtime import Runtime
+    from nattrav_upnp.report import upnp_section
+
+    runtime = Runtime.load(Config(), disabled=())
+    ctx = ProbeContext(runtime, ProbeOptions(window=0.3), [], [])
+    with _in(lab):
+        section = await upnp_section(ctx)
+    assert section == {
+        "present": False,
+        "reason": "no UPnP IGD answered on eth0 within 0.3 s; is UPnP enabled on the router?",
+    }

@@ -11,9 +11,13 @@ from typing import Any
 
 from nattrav.hookspecs import hookimpl
 from nattrav.models import CandidateKind, Transport
-from nattrav.registry import CommandRegistry, MethodRegistry
+from nattrav.registry import CommandRegistry, MethodRegistry, ReportRegistry
 
-__all__ = ["nattrav_register_commands", "nattrav_register_methods"]
+__all__ = [
+    "nattrav_register_commands",
+    "nattrav_register_methods",
+    "nattrav_register_report_sections",
+]
 
 
 @hookimpl
@@ -115,3 +119,15 @@ def nattrav_register_commands(registry: CommandRegistry) -> None:
     registry.add(
         "upnp", help="UPnP IGD: discover, map, unmap, list, pinhole", configure=_configure, run=_run
     )
+
+
+async def _report(ctx: Any) -> Any:
+    from nattrav_upnp.report import upnp_section
+
+    return await upnp_section(ctx)
+
+
+@hookimpl
+def nattrav_register_report_sections(registry: ReportRegistry, config: dict[str, Any]) -> None:
+    """Add the ``upnp`` section to ``nattrav probe`` (devices, services, double-NAT input)."""
+    registry.add(_report, name="upnp", title="UPnP IGD", order=40)
