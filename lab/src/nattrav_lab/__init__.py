@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from nattrav_lab.lab import GatewayState, Lab, LabError, TurnInfo, reap
+    from nattrav_lab.errors import LabError
+    from nattrav_lab.lab import GatewayState, Lab, TurnInfo, reap
     from nattrav_lab.plan import TOPOLOGIES, SitePlan, Topology
 
 __all__ = [
@@ -28,7 +29,7 @@ __all__ = [
 _LAZY = {
     "GatewayState": "nattrav_lab.lab",
     "Lab": "nattrav_lab.lab",
-    "LabError": "nattrav_lab.lab",
+    "LabError": "nattrav_lab.errors",
     "TurnInfo": "nattrav_lab.lab",
     "reap": "nattrav_lab.lab",
     "TOPOLOGIES": "nattrav_lab.plan",

@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import attrs
-from nattrav.errors import NatTravError
 
 from nattrav_lab import netns, ruleset
+from nattrav_lab.errors import LabError, LabStepError
 from nattrav_lab.plan import InternetPlan, SitePlan, internet_plan, site_plan, topology
 from nattrav_lab.processes import Daemon, is_alive, start_daemon, stop_daemon
-from nattrav_lab.readiness import LabStepError, log_contains, stun_answers, tcp_accepts, wait_for
+from nattrav_lab.readiness import log_contains, stun_answers, tcp_accepts, wait_for
 from nattrav_lab.registry import (
     LabRecord,
     Owner,
@@ -57,14 +57,6 @@ __all__ = ["GatewayState", "Lab", "LabError", "TurnInfo"]
 NS_PREFIX = "ntl-"
 Direction = Literal["both", "inbound", "outbound"]
 IMPAIR_QUEUE = 7
-
-
-class LabError(NatTravError):
-    """The lab could not do what was asked; ``step`` names the step of ``up`` that failed."""
-
-    def __init__(self, message: str, *, step: str | None = None) -> None:
-        self.step = step
-        super().__init__(message)
 
 
 @attrs.frozen

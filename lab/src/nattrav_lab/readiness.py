@@ -13,15 +13,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from nattrav_lab.errors import LabStepError
 from nattrav_lab.netns import in_namespace
 
-__all__ = ["LabStepError", "stun_answers", "tcp_accepts", "wait_for"]
+__all__ = ["log_contains", "stun_answers", "tcp_accepts", "wait_for"]
 
 _MAGIC = bytes.fromhex("2112a442")
-
-
-class LabStepError(RuntimeError):
-    """A step of bringing a lab up failed (the lab wraps it into ``LabError``)."""
 
 
 def stun_answers(namespace: str, host: str, port: int, timeout: float = 0.2) -> bool:

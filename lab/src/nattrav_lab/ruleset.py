@@ -133,10 +133,16 @@ def impair_ruleset(
     """Replace ``inet nattrav_impair`` with rules for the given knobs (none: empty table)."""
     forward: list[str] = []
     local: list[str] = []
+
+    def loss(match: str, percent: int) -> str:
+        # numgen's range is 0-99: 100 % is a plain drop
+        chance = "" if percent >= 100 else f"numgen random mod 100 < {percent} "
+        return f"{match} {chance}counter drop"
+
     if loss_in:
-        forward.append(f'iifname "{WAN}" numgen random mod 100 < {loss_in} counter drop')
+        forward.append(loss(f'iifname "{WAN}"', loss_in))
     if loss_out:
-        forward.append(f'oifname "{WAN}" numgen random mod 100 < {loss_out} counter drop')
+        forward.append(loss(f'oifname "{WAN}"', loss_out))
     if block_icmp:
         icmp = [
             "meta l4proto icmp counter drop",
