@@ -59,6 +59,9 @@ _EXPORTS: dict[str, str] = {
     "Runtime": "nattrav.runtime",
     "Chain": "nattrav.chain",
     "open_endpoint": "nattrav.endpoint",
+    "connect": "nattrav.connect",
+    "Signal": "nattrav.connect",
+    "Connection": "nattrav.connect",
     "Endpoint": "nattrav.endpoint",
     "DatagramMux": "nattrav.datagram",
 }
@@ -82,6 +85,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from nattrav.chain import Chain
     from nattrav.config import Config, load_config
+    from nattrav.connect import Connection, Signal, connect
     from nattrav.datagram import DatagramMux
     from nattrav.endpoint import Endpoint, open_endpoint
     from nattrav.errors import (

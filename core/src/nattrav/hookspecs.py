@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from nattrav.models import AttemptRecord, LeaseEvent, TraversalRequest, TraversalResult
     from nattrav.registry import (
         CommandRegistry,
+        ConnectorRegistry,
         MethodRegistry,
         MethodSpec,
         OptionRegistry,
@@ -49,6 +50,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "nattrav_register_path_probes",
         "nattrav_register_report_sections",
         "nattrav_register_signalers",
+        "nattrav_register_connectors",
         "nattrav_register_commands",
         "nattrav_register_options",
     ),
@@ -139,6 +141,18 @@ def nattrav_register_signalers(registry: SignalerRegistry, config: Mapping[str, 
     Example::
 
         registry.add(RendezvousSignal, name="rendezvous", description="websocket rooms")
+    """
+
+
+@hookspec
+def nattrav_register_connectors(registry: ConnectorRegistry, config: Mapping[str, Any]) -> None:
+    """Register peer-to-peer connectors: what turns two peers' candidates into one path.
+
+    ``nattrav.connect()`` gathers candidates from every method, then hands them to the connector
+    with the best (lowest) priority; the connector exchanges them through the signal, runs
+    connectivity checks and yields a connection. Example::
+
+        registry.add(IceConnector, name="ice", priority=10, description="RFC 8445-style checks")
     """
 
 

@@ -34,6 +34,7 @@ from nattrav.errors import ConfigError, PluginError
 from nattrav.models import AttemptRecord, LeaseEvent, TraversalRequest, TraversalResult
 from nattrav.registry import (
     CommandRegistry,
+    ConnectorRegistry,
     MethodRegistry,
     MethodSpec,
     OptionRegistry,
@@ -86,6 +87,7 @@ _REGISTRATION_HOOKS: dict[str, tuple[str, type[_Registry[Any]], bool]] = {
     "nattrav_register_path_probes": ("path_probes", PathProbeRegistry, True),
     "nattrav_register_report_sections": ("report_sections", ReportRegistry, True),
     "nattrav_register_signalers": ("signalers", SignalerRegistry, True),
+    "nattrav_register_connectors": ("connectors", ConnectorRegistry, True),
     "nattrav_register_commands": ("commands", CommandRegistry, False),
     "nattrav_register_options": ("options", OptionRegistry, False),
 }
@@ -103,6 +105,7 @@ class PluginHost:
     path_probes: PathProbeRegistry = attrs.field(factory=PathProbeRegistry)
     report_sections: ReportRegistry = attrs.field(factory=ReportRegistry)
     signalers: SignalerRegistry = attrs.field(factory=SignalerRegistry)
+    connectors: ConnectorRegistry = attrs.field(factory=ConnectorRegistry)
     commands: CommandRegistry = attrs.field(factory=CommandRegistry)
     options: OptionRegistry = attrs.field(factory=OptionRegistry)
     hooks: Hooks = attrs.field(init=False)

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 __all__ = [
     "CommandRegistry",
     "CommandSpec",
+    "ConnectorRegistry",
+    "ConnectorSpec",
     "MethodRegistry",
     "MethodSpec",
     "OptionRegistry",
@@ -269,6 +271,34 @@ class SignalerRegistry(_Registry[SignalerSpec]):
         return spec
 
 
+@attrs.frozen
+class ConnectorSpec:
+    """A peer-to-peer connector (see ``nattrav.connect``): ``factory()`` makes one."""
+
+    name: str
+    factory: Callable[[], Any] = attrs.field(eq=False)
+    plugin: str
+    priority: int = 50
+    description: str = ""
+
+
+class ConnectorRegistry(_Registry[ConnectorSpec]):
+    """Where ``nattrav_register_connectors`` implementations add connectors."""
+
+    kind = "connector"
+
+    def add(
+        self, factory: Callable[[], Any], *, name: str, priority: int = 50, description: str = ""
+    ) -> ConnectorSpec:
+        spec = ConnectorSpec(name, factory, self.current_plugin, priority, description)
+        self._put(name, spec)
+        return spec
+
+    def best(self) -> ConnectorSpec | None:
+        ordered = sorted(self, key=lambda s: (s.priority, s.name))
+        return ordered[0] if ordered else None
+
+
 CommandRunner = Callable[[argparse.Namespace, Any], "int | Awaitable[int]"]
 
 
@@ -291,7 +321,7 @@ class CommandRegistry(_Registry[CommandSpec]):
     """Where ``nattrav_register_commands`` implementations add CLI subcommands."""
 
     kind = "command"
-    reserved = frozenset({"plugins", "probe", "map", "cleanup", "connect", "rendezvous"})
+    reserved = frozenset({"plugins", "probe", "map", "cleanup"})
 
     def add(
         self,
