@@ -53,6 +53,18 @@ def test_importing_the_plugin_module_is_cheap() -> None:
     assert sorted(loaded) == ["nattrav_natpmp", "nattrav_natpmp.plugin"]
 
 
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """The CLI reads NATTRAV_* variables and ./nattrav.toml: give it neither."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("NATTRAV_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.mark.usefixtures("clean_env")
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -73,6 +85,7 @@ def test_cli_usage_errors_exit_2(
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("clean_env")
 def test_cli_help_lists_the_actions(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["natpmp", "--help"]) == 0
     out: Any = capsys.readouterr().out
