@@ -285,3 +285,14 @@ async def test_benchmark_hook(coturn: Coturn) -> None:
     result = await run_bindings(coturn.uri, 200, concurrency=4)
     assert result.succeeded == 200 and result.failed == 0
     assert result.per_second > 0
+
+
+async def test_tcp_challenge_and_answer_race_regression(coturn_secure: Coturn) -> None:
+    """Regression: over TCP the 401 (and then the success) can be dispatched while the
+    requester is still inside ``send``; the retry must go out at once and its answer must
+    match. This used to time out about one time in five on trio."""
+    creds = LongTermCredentials(coturn_secure.username, coturn_secure.password)
+    for _ in range(15):
+        async with StunClient.open(ClientSettings(credentials=creds, timers=FAST)) as client:
+            result = await client.binding(f"stun:127.0.0.1:{coturn_secure.port}?transport=tcp")
+            assert result.authenticated and result.transport == "tcp"

@@ -747,10 +747,17 @@ class StunClient:
         self._track(machine, pending)
         try:
             while True:
-                for data, address in machine.datagrams_to_send():
-                    if not endpoint.send_now(data, address):
-                        await endpoint.send(data, address)
-                self._track(machine, pending)
+                # A response can arrive while ``send`` awaits and start a new transaction
+                # (a 401 retry): drain until the machine has nothing more to send.
+                # Register the (possibly new) transaction ID before sending: the answer can
+                # be dispatched while ``send`` is still awaiting.
+                outgoing = machine.datagrams_to_send()
+                while outgoing:
+                    self._track(machine, pending)
+                    for data, address in outgoing:
+                        if not endpoint.send_now(data, address):
+                            await endpoint.send(data, address)
+                    outgoing = machine.datagrams_to_send()
                 event = machine.next_event()
                 if event is not None:
                     return event
@@ -813,10 +820,17 @@ class StunClient:
         self._track(machine, pending)
         try:
             while True:
-                for data, address in machine.datagrams_to_send():
-                    if not endpoint.send_now(data, address):
-                        await endpoint.send(data, address)
-                self._track(machine, pending)
+                # A response can arrive while ``send`` awaits and start a new transaction
+                # (a 401 retry): drain until the machine has nothing more to send.
+                # Register the (possibly new) transaction ID before sending: the answer can
+                # be dispatched while ``send`` is still awaiting.
+                outgoing = machine.datagrams_to_send()
+                while outgoing:
+                    self._track(machine, pending)
+                    for data, address in outgoing:
+                        if not endpoint.send_now(data, address):
+                            await endpoint.send(data, address)
+                    outgoing = machine.datagrams_to_send()
                 event = machine.next_event()
                 if event is not None:
                     return event
