@@ -369,3 +369,25 @@ async def test_probe_report_section_without_igd(lab: Any) -> None:
         "present": False,
         "reason": "no UPnP IGD answered on eth0 within 0.3 s; is UPnP enabled on the router?",
     }
+
+
+@pytest.mark.parametrize("lab", [LAB], indirect=True)
+async def test_dual_stack_request_maps_and_opens_a_pinhole(lab: Any) -> None:
+    """The default request (IPv4 and IPv6): the mapping is the candidate, the pinhole an extra."""
+    port = 40800
+    app4 = _udp(lab, "lan", "0.0.0.0", port)
+    app6 = _udp(lab, "lan", "::", port)
+    try:
+        with _in(lab):
+            ctx = _ctx([], port, families=frozenset({4, 6}))
+            async with UpnpMethod(FAST).acquire(ctx) as acq:
+                (pinhole,) = acq.also
+                mapped = acq.candidate.address
+                assert mapped.host == lab.public_ip4
+                assert pinhole.address.host == lab.lan_host_ip6
+                assert await _reaches(lab, app4, (mapped.host, mapped.port), "v4")
+                assert await _reaches(lab, app6, (lab.lan_host_ip6, port), "v6")
+        assert lab.gateway_state().empty
+    finally:
+        app4.close()
+        app6.close()

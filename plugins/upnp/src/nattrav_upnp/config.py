@@ -67,7 +67,7 @@ class UpnpConfig:
     lease: int = attrs.field(default=3600, validator=_range(0, 604800))
     description: str = attrs.field(default="nattrav", validator=_description)
     discovery_window: float = attrs.field(default=2.0, validator=_range(0, 30, lo_open=True))
-    settle: float = attrs.field(default=0.05, validator=_range(0, 10))
+    settle: float = attrs.field(default=0.02, validator=_range(0, 10))
     settle_other: float = attrs.field(default=0.25, validator=_range(0, 10))
     interfaces: tuple[str, ...] = attrs.field(default=(), validator=_interfaces)
     ipv6: bool = True

@@ -25,7 +25,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -40,7 +40,7 @@ from nattrav.taskgroups import single_errors
 
 from nattrav_upnp import ssdp
 from nattrav_upnp.errors import BodyTooLargeError, UpnpHttpError, UpnpTimeoutError
-from nattrav_upnp.search import SearchTarget, SsdpSearch
+from nattrav_upnp.search import Responder, SearchTarget, SsdpSearch
 from nattrav_upnp.urls import HttpUrl
 
 __all__ = [
@@ -225,12 +225,17 @@ async def run_search(
     search: SsdpSearch,
     sockets: Mapping[str, tuple[SocketSpec, anyio.abc.UDPSocket, socket.socket]],
     errors: Counter[str] | None = None,
+    on_responder: Callable[[Responder], object] | None = None,
 ) -> SsdpSearch:
-    """Drive ``search`` over ``sockets`` until it is done; returns it (responders inside)."""
+    """Drive ``search`` over ``sockets`` until it is done; returns it (responders inside).
+
+    ``on_responder`` is called for each new device as soon as it answers, so the caller can
+    fetch its description while the search is still collecting.
+    """
     send, recv = anyio.create_memory_object_stream[tuple[bytes, str, str]](_QUEUE)
     search.start(anyio.current_time())
     with single_errors():
-        await _drive(search, sockets, errors, send, recv)
+        await _drive(search, sockets, errors, send, recv, on_responder)
     return search
 
 
@@ -240,6 +245,7 @@ async def _drive(
     errors: Counter[str] | None,
     send: MemoryObjectSendStream[tuple[bytes, str, str]],
     recv: MemoryObjectReceiveStream[tuple[bytes, str, str]],
+    on_responder: Callable[[Responder], object] | None,
 ) -> None:
     async with recv, anyio.create_task_group() as tg:
         for key, (_spec, udp, _raw) in sockets.items():
@@ -261,7 +267,10 @@ async def _drive(
                 except anyio.EndOfStream:
                     await anyio.sleep(max(0.0, timer - anyio.current_time()))
                     continue
+                before = search.found
                 search.receive_datagram(data, host, key, anyio.current_time())
+                if on_responder is not None and search.found > before:
+                    on_responder(search.latest)
         tg.cancel_scope.cancel()
 
 

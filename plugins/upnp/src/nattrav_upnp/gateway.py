@@ -19,6 +19,7 @@ import attrs
 from nattrav.errors import NatTravError
 from nattrav.gateways import default_gateways
 from nattrav.interfaces import list_addresses
+from nattrav.taskgroups import single_errors
 
 from nattrav_upnp.config import UpnpConfig
 from nattrav_upnp.control import ConnectionClient, SoapTransport, StatusInfo
@@ -153,23 +154,26 @@ async def discover(
         policy=policy,
     )
     started = anyio.current_time()
-    async with open_search_sockets(plan.sockets, errors) as sockets:
-        await run_search(search, sockets, errors)
-    responders = search.responders
-    results: list[FoundDevice | None] = [None] * len(responders)
+    fetched: dict[str, FoundDevice] = {}
 
-    async def fetch(i: int, responder: Responder) -> None:
+    async def fetch(responder: Responder) -> None:
+        key = str(responder.location.url)
         try:
             body = await transport.get(responder.location.url)
             desc = parse_description(body, responder.location, policy=policy)
         except NatTravError as exc:
-            results[i] = FoundDevice(responder, None, str(exc))
+            fetched[key] = FoundDevice(responder, None, str(exc))
             return
-        results[i] = FoundDevice(responder, desc)
+        fetched[key] = FoundDevice(responder, desc)
 
-    async with anyio.create_task_group() as tg:
-        for i, responder in enumerate(responders):
-            tg.start_soon(fetch, i, responder)
+    # Each description is fetched as soon as its device answers, while the search goes on.
+    with single_errors():
+        async with anyio.create_task_group() as tg:
+            async with open_search_sockets(plan.sockets, errors) as sockets:
+                await run_search(
+                    search, sockets, errors, on_responder=lambda r: tg.start_soon(fetch, r)
+                )
+    results = [fetched.get(str(r.location.url)) for r in search.responders]
     devices = tuple(d for d in results if d is not None)
     return Discovery(
         devices=devices,

@@ -133,10 +133,12 @@ _L = TypeVar("_L", bound=_Lease)
 
 
 @asynccontextmanager
-async def hold(lease: _L) -> AsyncIterator[_L]:
-    """Create ``lease``, keep it alive while the body runs, release it on any exit."""
+async def hold(lease: _L, *, created: bool = False) -> AsyncIterator[_L]:
+    """Create ``lease`` (unless ``created``), keep it alive while the body runs, release it on
+    any exit (also when creating it failed or was cancelled)."""
     try:
-        await lease.create()
+        if not created:
+            await lease.create()
         with single_errors():
             async with anyio.create_task_group() as tg:
                 tg.start_soon(lease.keep)

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import anyio
 import attrs
 from nattrav.errors import MethodError, MethodUnavailable, NatTravError
 from nattrav.journal import JournalEntry
@@ -135,36 +136,60 @@ class UpnpMethod:
     async def _obtain(
         self, ctx: AttemptContext, transport: HttpTransport, stack: AsyncExitStack, port: int
     ) -> Acquisition:
-        """Map and/or open a pinhole; the leases stay held in ``stack``."""
+        """Map and/or open a pinhole (concurrently); the leases stay held in ``stack``."""
         request = ctx.request
         protocol = request.transport.value.upper()
         choice = await self.choose(transport, ctx.telemetry, self._families(request.families))
         problems: list[str] = []
-        primary: Candidate | None = None
-        also: list[Candidate] = []
+        mapping: PortMappingLease | None = None
+        pinhole: PinholeLease | None = None
         if 4 in request.families:
             try:
-                primary = await self._map(stack, transport, choice, ctx, port, protocol)
+                mapping = self._mapping_lease(transport, choice, ctx, port, protocol)
             except MethodUnavailable as exc:
                 problems.append(exc.reason)
-        wants_pinhole = 6 in request.families and self.config.pinholes
-        if wants_pinhole and choice.firewall is not None:
+        if 6 in request.families and self.config.pinholes:
+            if choice.firewall is not None:
+                pinhole = self._pinhole_lease(transport, choice, ctx, port, protocol)
+            elif 4 not in request.families:
+                problems.append("no gateway offers WANIPv6FirewallControl over IPv6")
+        failures: dict[str, MethodError] = {}
+
+        async def create(name: str, lease: PortMappingLease | PinholeLease) -> None:
             try:
-                pinhole = await self._pinhole(stack, transport, choice, ctx, port, protocol)
+                await lease.create()
             except MethodError as exc:
-                if primary is None:
-                    raise
-                log.info("upnp: no pinhole: %s", exc.reason)
-            else:
-                if primary is None:
-                    primary = pinhole
-                else:
-                    also.append(pinhole)
-        elif wants_pinhole and 4 not in request.families:
-            problems.append("no gateway offers WANIPv6FirewallControl over IPv6")
-        if primary is None:
+                failures[name] = exc
+                await lease.release()  # forgets the journal entry; nothing was created
+
+        try:
+            async with anyio.create_task_group() as tg:
+                if mapping is not None:
+                    tg.start_soon(create, "mapping", mapping)
+                if pinhole is not None:
+                    tg.start_soon(create, "pinhole", pinhole)
+        except BaseException:
+            for lease in (mapping, pinhole):
+                if lease is not None:
+                    await lease.release()
+            raise
+        candidates: list[Candidate] = []
+        if mapping is not None and "mapping" not in failures:
+            await stack.enter_async_context(hold(mapping, created=True))
+            candidates.append(self._mapping_candidate(mapping, choice))
+        if pinhole is not None and "pinhole" not in failures:
+            await stack.enter_async_context(hold(pinhole, created=True))
+            candidates.append(_pinhole_candidate(pinhole, choice))
+        if "pinhole" in failures:
+            log.info("upnp: no pinhole: %s", failures["pinhole"].reason)
+        if not candidates:
+            error = failures.get("mapping") or failures.get("pinhole")
+            if error is not None and not isinstance(error, MethodUnavailable):
+                raise error
+            if error is not None:
+                problems.append(error.reason)
             raise MethodUnavailable(NAME, "; ".join(problems) or "nothing to map")
-        return Acquisition(primary, also=tuple(also))
+        return Acquisition(candidates[0], also=tuple(candidates[1:]))
 
     def _families(self, requested: frozenset[int]) -> frozenset[int]:
         wanted = set(requested & {4})
@@ -172,15 +197,14 @@ class UpnpMethod:
             wanted.add(6)
         return frozenset(wanted or {4})
 
-    async def _map(
+    def _mapping_lease(
         self,
-        stack: AsyncExitStack,
         transport: HttpTransport,
         choice: GatewayChoice,
         ctx: AttemptContext,
         port: int,
         protocol: str,
-    ) -> Candidate:
+    ) -> PortMappingLease:
         best = choice.best
         if best is None:
             reasons = [
@@ -199,8 +223,6 @@ class UpnpMethod:
                 NAME, f"the gateway's WAN connection is {best.status.status or 'not connected'}"
             )
         service = best.service
-        internal_client = local_address_for(service.control_url.host)
-        client = ConnectionClient(transport, service, ctx.telemetry)
 
         async def reconnect() -> ConnectionClient:
             again = await self.choose(transport, ctx.telemetry, frozenset({4}))
@@ -212,11 +234,11 @@ class UpnpMethod:
                 raise UpnpHttpError(f"gateway {service.control_url.host} not found again")
             return ConnectionClient(transport, found.service, ctx.telemetry)
 
-        lease = PortMappingLease(
-            client,
+        return PortMappingLease(
+            ConnectionClient(transport, service, ctx.telemetry),
             quirks=self.quirks.get(best.device_key),
             protocol=protocol,
-            internal_client=internal_client,
+            internal_client=local_address_for(service.control_url.host),
             internal_port=port,
             external_ip=best.external_ip,
             lease=int(min(self.config.lease, ctx.request.lifetime)),
@@ -229,22 +251,22 @@ class UpnpMethod:
             rng=self.rng,
             gateway=service.control_url.host,
         )
-        await stack.enter_async_context(hold(lease))
-        assert lease.mapping is not None
+
+    def _mapping_candidate(self, lease: PortMappingLease, choice: GatewayChoice) -> Candidate:
+        best = choice.best
+        assert lease.mapping is not None and best is not None
         return _mapping_candidate(lease.mapping, best, self.quirks.get(best.device_key).as_dict())
 
-    async def _pinhole(
+    def _pinhole_lease(
         self,
-        stack: AsyncExitStack,
         transport: HttpTransport,
         choice: GatewayChoice,
         ctx: AttemptContext,
         port: int,
         protocol: str,
-    ) -> Candidate:
+    ) -> PinholeLease:
         assert choice.firewall is not None
-        device, service = choice.firewall
-        internal_client = local_address_for(service.control_url.host)
+        _device, service = choice.firewall
 
         async def reconnect() -> FirewallClient:
             again = await self.choose(transport, ctx.telemetry, frozenset({6}))
@@ -252,10 +274,10 @@ class UpnpMethod:
                 raise UpnpHttpError("the IPv6 firewall service was not found again")
             return FirewallClient(transport, again.firewall[1], ctx.telemetry)
 
-        lease = PinholeLease(
+        return PinholeLease(
             FirewallClient(transport, service, ctx.telemetry),
             protocol=protocol,
-            internal_client=internal_client,
+            internal_client=local_address_for(service.control_url.host),
             internal_port=port,
             lease=int(min(self.config.pinhole_lease, ctx.request.lifetime)),
             verify_interval=self.config.verify_interval,
@@ -265,23 +287,6 @@ class UpnpMethod:
             journal=ctx.journal,
             rng=self.rng,
             gateway=service.control_url.host,
-        )
-        await stack.enter_async_context(hold(lease))
-        assert lease.pinhole is not None
-        address = TransportAddress(internal_client, port, Transport(protocol.lower()))
-        return Candidate(
-            kind=CandidateKind.PORT_MAPPED,
-            address=address,
-            method=NAME,
-            base=address,
-            reachability=Reachability.claimed("gateway opened an IPv6 firewall pinhole"),
-            lifetime=float(lease.lease),
-            details={
-                "gateway": service.control_url.host,
-                "service": service.label,
-                "pinhole_id": lease.pinhole.unique_id,
-                "device": device.description.friendly_name if device.description else "",
-            },
         )
 
     # ---------------------------------------------------------------- cleanup
@@ -382,6 +387,26 @@ def _firewall_device(
         assert service is not None
         return device, service
     return None
+
+
+def _pinhole_candidate(lease: PinholeLease, choice: GatewayChoice) -> Candidate:
+    assert lease.pinhole is not None and choice.firewall is not None
+    device, service = choice.firewall
+    address = lease.pinhole.endpoint()
+    return Candidate(
+        kind=CandidateKind.PORT_MAPPED,
+        address=address,
+        method=NAME,
+        base=address,
+        reachability=Reachability.claimed("gateway opened an IPv6 firewall pinhole"),
+        lifetime=float(lease.lease),
+        details={
+            "gateway": service.control_url.host,
+            "service": service.label,
+            "pinhole_id": lease.pinhole.unique_id,
+            "device": device.description.friendly_name if device.description else "",
+        },
+    )
 
 
 def _mapping_candidate(

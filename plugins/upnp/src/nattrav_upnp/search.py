@@ -193,6 +193,16 @@ class SsdpSearch:
     # ---------------------------------------------------------------- results
 
     @property
+    def found(self) -> int:
+        """How many devices were kept so far."""
+        return len(self._found)
+
+    @property
+    def latest(self) -> Responder:
+        """The device kept most recently."""
+        return next(reversed(self._found.values()))
+
+    @property
     def responders(self) -> list[Responder]:
         """Devices found: the default gateway's first, then in order of arrival."""
         return sorted(self._found.values(), key=lambda r: (not r.from_gateway, r.first_seen))
