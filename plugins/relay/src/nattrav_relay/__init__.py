@@ -1,0 +1,1 @@
+"""nattrav-relay: a TURN client (RFC 8656) for nattrav."""
