@@ -43,7 +43,13 @@ def _udp(lab: Any, role: str, host: str, port: int = 0) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with lab.inside(role):
         sock = socket.socket(family, socket.SOCK_DGRAM)
-        sock.bind((host, port))
+        try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
     sock.setblocking(False)
     return sock
 
