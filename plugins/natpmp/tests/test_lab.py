@@ -293,3 +293,29 @@ async def test_probe_section_with_test_mapping(lab: Any) -> None:
     assert v6["natpmp"] is None and v6["pcp"]["version"] == 2  # NAT-PMP is IPv4-only
     assert v6["test_mapping"]["external"].startswith(f"[{lab.lan_host_ip6}]:")
     assert lab.gateway_state().empty
+
+
+@pytest.mark.parametrize("lab", ["eim"], indirect=True)
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_refused_deletion_shortens_the_lease(lab: Any) -> None:
+    """miniupnpd refuses a PCP deletion while a UPnP mapping of the same internal port exists
+    (what a UPnP/PCP race in the chain leaves behind): the lease is cut to the minimum instead."""
+    import time
+
+    upnpc = ["upnpc", "-u", f"http://{lab.router_lan_ip4}:{lab.upnp_http_port}/rootDesc.xml"]
+    events: list[LeaseEvent] = []
+    with lab.inside("lan"):
+        async with NatPmpMethod(SETTINGS).acquire(context(40200, events, lifetime=3600)) as got:
+            assert got.candidate.details["protocol"] == "PCP"
+            # Another protocol maps the same internal port while we hold ours.
+            done = lab.exec(
+                "lan", [*upnpc, "-a", lab.lan_host_ip4, "40200", "50200", "UDP", "3600"],
+                timeout=20,
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+    leases = [lease for lease in lab.gateway_state().leases if "PCP MAP" in lease]
+    assert len(leases) == 1, lab.gateway_state()
+    expires = int(leases[0].split(":")[4])
+    assert expires - time.time() <= 11  # 10 s: the lab's miniupnpd minimum, not 3600
+    assert any(lease.startswith("UDP:50200:") for lease in lab.gateway_state().leases)
+    lab.exec("lan", [*upnpc, "-d", "50200", "UDP"], timeout=20)

@@ -110,6 +110,10 @@ class PortMapping:
     on_change: ChangeCallback | None = None
     journal_entry: JournalEntry | None = None
 
+    def __str__(self) -> str:
+        name = "PCP" if self.protocol == "pcp" else "NAT-PMP"
+        return f"{name} {self.transport.value} {self.internal} -> {self.external or '?'}"
+
     @property
     def version(self) -> int:
         return pcp_codec.VERSION if self.protocol == "pcp" else natpmp_codec.VERSION
@@ -805,16 +809,55 @@ class GatewayClient:
 
     async def delete(self, mapping: PortMapping) -> bool:
         """Delete ``mapping`` now (bounded by ``release_timeout``); ``True`` when the gateway
-        confirmed. The journal entry is removed once confirmed."""
-        ok = await self.delete_port(
-            mapping.transport,
-            mapping.internal_port,
-            protocol=mapping.protocol,
-            nonce=mapping.nonce,
-        )
+        confirmed. The journal entry is removed once confirmed.
+
+        If the gateway *refuses* the deletion, the lease is shortened instead (the same request
+        with a 1 s lifetime, which a server raises to its minimum), so the mapping expires soon.
+        miniupnpd does refuse: its PCP deletion looks a mapping up by internal address and port,
+        and when another mapping of the same internal port exists (a UPnP one, made by a method
+        racing this one in the chain) it finds that one first and answers NOT_AUTHORIZED.
+        """
+        try:
+            ok = await self.delete_port(
+                mapping.transport,
+                mapping.internal_port,
+                protocol=mapping.protocol,
+                nonce=mapping.nonce,
+            )
+        except GatewayError as exc:
+            log.warning("gateway refused to delete %s: %s; shortening its lease", mapping, exc)
+            await self._shorten(mapping)
+            return False
         if ok and self._journal is not None and mapping.journal_entry is not None:
             self._journal.remove(mapping.journal_entry)
         return ok
+
+    async def _shorten(self, mapping: PortMapping) -> None:
+        if mapping.protocol == "pcp":
+            assert mapping.nonce is not None
+            request: Any = self._pcp_request(
+                mapping, transport=mapping.transport, internal_port=mapping.internal_port,
+                lifetime=1, nonce=mapping.nonce, suggested_port=mapping.suggested_port,
+                suggested_address=None,
+            )
+            txn: Any = PcpTransaction(
+                request, self.gateway.ip, self._release_timing(), port=self.server_port,
+                rng=self._rng,
+            )
+        else:
+            previous = mapping.lease.grant.external_port or mapping.suggested_port
+            txn = NatPmpTransaction(
+                natpmp_codec.MapRequest(mapping.transport, mapping.internal_port, previous, 1),
+                self.gateway.ip, self._release_timing(), port=self.server_port, rng=self._rng,
+            )
+        event = await self._run(txn, f"{mapping.protocol} shorten")
+        if isinstance(event, Answered):
+            mapping.lease = self._lease(
+                mapping.protocol, self._grant_from(mapping.protocol, event, anyio.current_time())
+            )
+            mapping.lease.close()
+            self._journal_grant(mapping)
+            log.info("%s lease shortened to %d s", mapping, mapping.lifetime)
 
     async def delete_port(
         self,
