@@ -5,7 +5,6 @@ it is the clock-and-loss fixture the state-machine tests drive the search with."
 from __future__ import annotations
 
 import attrs
-
 from nattrav_pmtud.search import Phase, PmtuSearch, ProbeOrder, SearchSettings
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from nattrav.errors import ParseError
 from nattrav_pmtud.errqueue import (
     SO_EE_ORIGIN_ICMP,

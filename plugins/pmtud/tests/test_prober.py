@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import attrs
 import pytest
-
 from nattrav.errors import LocalProtocolError
 from nattrav_pmtud.echo import EchoResponder
 from nattrav_pmtud.errqueue import ExtendedError, QueuedError

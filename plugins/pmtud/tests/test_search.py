@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pmtud_fakes import run
-
 from nattrav.errors import LocalProtocolError
 from nattrav_pmtud.search import (
     BlackHoleDetected,
@@ -19,6 +19,7 @@ from nattrav_pmtud.search import (
     SearchSettings,
     udp_payload,
 )
+from pmtud_fakes import run
 
 S4 = SearchSettings(family=4, probe_timeout=1.0, rtt_floor=0.01)
 S6 = SearchSettings(family=6, probe_timeout=1.0, rtt_floor=0.01)
@@ -149,14 +150,14 @@ def test_probes_are_at_least_one_rtt_apart() -> None:
     r.until_settled()
     times = [t for t, _o in r.sent]
     srtt_after_base = 0.2
-    assert all(b - a >= srtt_after_base - 1e-9 for a, b in zip(times, times[1:], strict=False))
+    assert all(b - a >= srtt_after_base - 1e-9 for a, b in itertools.pairwise(times))
 
 
 def test_spacing_has_a_floor_when_the_rtt_is_tiny() -> None:
     r = run(1400, SearchSettings(family=4, rtt_floor=0.05), ptb=True, rtt=0.0001)
     r.until_settled()
     times = [t for t, _o in r.sent]
-    assert all(b - a >= 0.05 - 1e-9 for a, b in zip(times, times[1:], strict=False))
+    assert all(b - a >= 0.05 - 1e-9 for a, b in itertools.pairwise(times))
 
 
 def test_probe_timer_grows_with_a_slow_path() -> None:
@@ -305,7 +306,7 @@ def test_search_always_converges_on_the_aligned_path_mtu(
     assert res.confirmed and res.plpmtu == pmtu - pmtu % 4
     assert res.probes_sent <= 60
     times = [t for t, _o in r.sent]
-    assert all(b >= a for a, b in zip(times, times[1:], strict=False))
+    assert all(b >= a for a, b in itertools.pairwise(times))
 
 
 @settings(max_examples=200, deadline=None)

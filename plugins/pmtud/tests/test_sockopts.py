@@ -6,7 +6,6 @@ import socket
 import sys
 
 import pytest
-
 from nattrav_pmtud.sockopts import current_platform, dont_fragment_plan
 
 

@@ -177,7 +177,11 @@ def run_echo(args: argparse.Namespace, cli: Any) -> int:
     raw = _raw_settings(args, cli)
     cfg = load_config({k: v for k, v in raw.items() if k in ("username", "password")})
     try:
-        bind = parse_hostport(args.bind, default_port=3478)
+        text = args.bind.strip()
+        if text.endswith(":0"):  # any free port: parse_hostport wants 1-65535
+            bind = (parse_hostport(text[:-2] + ":1")[0], 0)
+        else:
+            bind = parse_hostport(text, default_port=3478)
     except ValueError as exc:
         raise UsageError(f"nattrav pmtu-echo: {exc}") from None
     return int(cli.run(_serve, cli, bind, cfg.credentials(), args.duration))
@@ -190,7 +194,9 @@ async def _serve(cli: Any, bind: tuple[str, int], credentials: Any, duration: fl
         async with echo_server(bind, credentials=credentials) as server:
             where = format_hostport(*server.address)
             if cli.json:
-                cli.emit_json({"listening": where, "integrity": credentials is not None})
+                cli.emit_json(
+                    {"listening": where, "integrity": credentials is not None}, indent=None
+                )
             else:
                 cli.line(f"answering PMTU probes on {where} (Ctrl-C to stop)")
             if duration is None:
@@ -198,7 +204,7 @@ async def _serve(cli: Any, bind: tuple[str, int], credentials: Any, duration: fl
             else:
                 await anyio.sleep(duration)
             if cli.json:
-                cli.emit_json({"answered": server.responder.answered})
+                cli.emit_json({"answered": server.responder.answered}, indent=None)
             else:
                 cli.line(f"answered {server.responder.answered} probes")
     except OSError as exc:
