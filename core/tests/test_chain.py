@@ -445,3 +445,31 @@ async def test_gather_survives_one_lost_candidate() -> None:
         assert "lost" in seen
         assert not steady.released
     assert steady.released
+
+
+async def test_methods_of_one_group_never_run_together() -> None:
+    upnp = FakeMethod("upnp", "unavailable", kind=CandidateKind.PORT_MAPPED, delay=0.3)
+    natpmp = FakeMethod("natpmp", kind=CandidateKind.PORT_MAPPED, delay=0.05)
+    relay = FakeMethod("relay", kind=CandidateKind.RELAYED, delay=0.5)
+
+    def register(registry: Any) -> None:
+        registry.add(upnp, name="upnp", priority=40, kind=upnp.kind, group="gateway")
+        registry.add(natpmp, name="natpmp", priority=45, kind=natpmp.kind, group="gateway")
+        registry.add(relay, name="relay", priority=90, kind=relay.kind)
+
+    host = PluginHost.load(
+        structure_config({"chain": {"stagger": 0.05}}),
+        entry_points=[],
+        builtins=False,
+        disabled=(),
+        extra=[("g", module_plugin("g", nattrav_register_methods=register))],
+    )
+    t0 = anyio.current_time()
+    async with Runtime(host).chain().run(TraversalRequest()) as held:
+        elapsed = anyio.current_time() - t0
+        assert held.result.method == "natpmp"
+        # natpmp waited for upnp (0.3 s) instead of starting after the 0.05 s stagger ...
+        assert 0.3 <= elapsed < 0.5
+        # ... while relay, in no group, started at the stagger and lost to the better natpmp.
+        assert relay.events == ["acquire", "cancel"]
+        assert [a.method for a in held.result.attempts] == ["upnp", "natpmp", "relay"]

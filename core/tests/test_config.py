@@ -47,12 +47,18 @@ def test_env_values_are_toml_or_strings() -> None:
             "NATTRAV_CHAIN__DISABLED": "relay",
             "NATTRAV_CHAIN__VERIFY": "false",
             "NATTRAV_DISABLE_PLUGINS": "x",  # reserved: not a config key
+            "NATTRAV_SKIP_LAB": "1",  # another tool's variable
             "OTHER": "1",
         }
     )
     assert raw == {"chain": {"order": ["a", "b"], "disabled": "relay", "verify": False}}
     cfg = structure_config(raw)
     assert cfg.chain.disabled == ("relay",)
+
+
+def test_unknown_nested_env_keys_are_errors() -> None:
+    with pytest.raises(ConfigError, match="strategyy"):
+        structure_config(env_overrides({"NATTRAV_CHAIN__STRATEGYY": "race"}))
 
 
 def test_every_problem_is_reported_at_once() -> None:

@@ -418,9 +418,23 @@ class Chain:
         the losers and wait until they released what they held."""
         strategy = self.config.chain.strategy
         stagger = self.config.chain.stagger if strategy == "race" else math.inf
+        pending = list(range(len(specs)))  # spec indices not started yet, in chain order
+        overdue: set[int] = set()  # passed over because their group was busy
 
-        def launch() -> None:
-            attempt = _Attempt(len(attempts), specs[len(attempts)])
+        def busy(group: str | None) -> bool:
+            return group is not None and any(a.running and a.spec.group == group for a in attempts)
+
+        def launchable() -> int | None:
+            for i in pending:
+                if not busy(specs[i].group):
+                    return i
+                overdue.add(i)
+            return None
+
+        def launch(index: int) -> None:
+            pending.remove(index)
+            overdue.discard(index)
+            attempt = _Attempt(index, specs[index])
             attempt.started_at = anyio.current_time()
             attempts.append(attempt)
             ctx = self._context(request, attempt.spec, sockets, emit)
@@ -433,21 +447,21 @@ class Chain:
             now = anyio.current_time()
             best = _best_success(attempts, request.goal)
             if best is not None:
-                better_running = any(a.running for a in attempts[: best.index])
+                better_running = any(a.running and a.index < best.index for a in attempts)
                 if not better_running or now >= grace_deadline:
                     winner = best
                     break
                 grace_deadline = min(grace_deadline, now + self.config.chain.grace)
             running = any(a.running for a in attempts)
-            can_launch = best is None and len(attempts) < len(specs)
-            if not can_launch and not running:
+            nxt = launchable() if best is None else None
+            if nxt is None and not running:
                 break
-            if can_launch and (not running or now >= last_launch + stagger):
-                launch()
+            if nxt is not None and (not running or now >= last_launch + stagger or nxt in overdue):
+                launch(nxt)
                 last_launch = now
                 continue
             wake = grace_deadline
-            if can_launch:
+            if nxt is not None:
                 wake = min(wake, last_launch + stagger)
             with anyio.move_on_after(max(0.0, wake - now)):
                 await events_recv.receive()
@@ -465,9 +479,10 @@ class Chain:
                 a.release.set()
             elif a.running:
                 a.scope.cancel()
-        for i in range(len(attempts), len(specs)):
+        for i in pending:
             reason = f"not needed: {winner.spec.name} already won" if winner else "not started"
             attempts.append(_skipped(i, specs[i], reason))
+        attempts.sort(key=lambda a: a.index)
         with anyio.move_on_after(RELEASE_BOUND, shield=True):
             for a in attempts:
                 if a is not winner and a.running:
@@ -742,10 +757,11 @@ def _claimed(acquisition: Acquisition) -> bool:
 
 
 def _best_success(attempts: Sequence[_Attempt], goal: Goal) -> _Attempt | None:
-    for a in attempts:
-        if a.acquisition is not None and goal.accepts(a.acquisition.candidate):
-            return a
-    return None
+    """The successful attempt earliest in chain order (attempts may start out of order)."""
+    done = [
+        a for a in attempts if a.acquisition is not None and goal.accepts(a.acquisition.candidate)
+    ]
+    return min(done, key=lambda a: a.index) if done else None
 
 
 def _record(

@@ -268,7 +268,14 @@ def _env_value(text: str) -> Any:
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """Turn ``NATTRAV_A__B=v`` variables into ``{"a": {"b": v}}``."""
+    """Turn ``NATTRAV_A__B=v`` variables into ``{"a": {"b": v}}``.
+
+    Only variables whose first part names a top-level config key (``chain``, ``retry``,
+    ``plugins``, ``state_dir``...) are configuration; other ``NATTRAV_*`` variables belong to
+    tools around nattrav (the lab, the CLI) and are left alone. Below the top level, unknown
+    keys are errors like in the file.
+    """
+    top = {f.name for f in attrs.fields(Config)}
     raw: dict[str, Any] = {}
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX):
@@ -277,6 +284,8 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         if key in RESERVED_ENV or not key:
             continue
         parts = [p.lower() for p in key.split("__")]
+        if parts[0] not in top:
+            continue
         node = raw
         for part in parts[:-1]:
             child = node.setdefault(part, {})

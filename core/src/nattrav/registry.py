@@ -50,7 +50,10 @@ class MethodSpec:
     """A registered traversal method: how to make it and where it sits in the chain.
 
     ``priority``: lower is tried first. Ours: direct 0, stun 20, upnp 40, natpmp 45, relay 90.
-    ``transports``: the request transports it can serve.
+    ``transports``: the request transports it can serve. ``group``: methods of one group never
+    run at the same time in a chain run, because they compete for one resource (UPnP and
+    NAT-PMP/PCP share the gateway's mapping table, which may refuse to delete one protocol's
+    mapping while the other holds the same port); the later one starts when the earlier ended.
     """
 
     name: str
@@ -61,6 +64,7 @@ class MethodSpec:
     description: str = ""
     transports: frozenset[Transport] = frozenset({Transport.UDP, Transport.TCP})
     timeout: float = 5.0
+    group: str | None = None
 
 
 _E = TypeVar("_E")
@@ -130,8 +134,13 @@ class MethodRegistry(_Registry[MethodSpec]):
         description: str = "",
         transports: frozenset[Transport] | set[Transport] | None = None,
         timeout: float = 5.0,
+        group: str | None = None,
     ) -> MethodSpec:
-        """Register one method. ``factory()`` must be cheap and do no I/O."""
+        """Register one method. ``factory()`` must be cheap and do no I/O.
+
+        ``group`` names a resource the method competes for (``"gateway"`` for port mapping
+        protocols): methods of one group are never run at the same time.
+        """
         if not callable(factory):
             raise PluginError(self.current_plugin, f"method {name!r}: factory is not callable")
         if not isinstance(priority, int) or isinstance(priority, bool):
@@ -147,6 +156,7 @@ class MethodRegistry(_Registry[MethodSpec]):
             description=description,
             transports=frozenset(transports) if transports else frozenset(Transport),
             timeout=float(timeout),
+            group=group,
         )
         self._put(name, spec)
         return spec

@@ -38,6 +38,8 @@ def nattrav_register_methods(registry: MethodRegistry, config: Mapping[str, Any]
         description="PCP (RFC 6887) / NAT-PMP (RFC 6886) mapping on the default gateway",
         transports={Transport.UDP, Transport.TCP},
         timeout=max(5.0, settings.probe_window * 4 + 3.0),
+        # UPnP and NAT-PMP/PCP share the gateway's table: never map the same port with both.
+        group="gateway",
     )
 
 
