@@ -62,9 +62,7 @@ async def test_acquire_maps_the_port_and_releases_it(loopback_plan: Any, tmp_pat
     events: list[LeaseEvent] = []
     journal = Journal(tmp_path)
     async with _gateway(loopback_plan) as (fake, method):
-        started = anyio.current_time()
         async with method.acquire(_ctx(events, journal)) as acq:
-            elapsed = anyio.current_time() - started
             c = acq.candidate
             assert c.kind is CandidateKind.PORT_MAPPED
             assert c.method == "upnp"
@@ -79,8 +77,6 @@ async def test_acquire_maps_the_port_and_releases_it(loopback_plan: Any, tmp_pat
             assert len(journal.entries()) == 1
         assert fake.mappings == {}
         assert journal.entries() == []
-    # settle ends the search soon after the gateway answers: far below the 0.5 s window
-    assert elapsed < 0.45
 
 
 async def test_tcp_request(loopback_plan: Any) -> None:
