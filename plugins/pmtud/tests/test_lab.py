@@ -167,4 +167,4 @@ async def test_probe_report_section_per_family(clean: Any) -> None:
     assert out["ipv4_path_mtu"] == 1280 and out["ipv6_path_mtu"] == 1280
     assert len(out["paths"]) == 2  # each literal server is probed in its own family only
     assert {p["udp_payload"] for p in out["paths"] if p.get("confirmed")} == {1252, 1232}
-    assert clean.public_ip4 in out["mapped_ips"]
+    assert out["mapped_ips"] == [clean.public_ip4]  # IPv4 only (see report.py)

@@ -82,8 +82,14 @@ async def run_section(ctx: Any) -> Mapping[str, Any]:
             for family in cfg.families:
                 tg.start_soon(one, server, family)
     paths.sort(key=lambda p: (str(p.get("server")), int(p.get("family", 0))))
+    # IPv4 only: core's NAT verdict reads "a server saw one of our own addresses" as "no NAT",
+    # and an IPv6 address seen unchanged is normal behind a NAT44 router without NAT66.
     mapped = sorted(
-        {parse_target(str(p["mapped_address"]))[0] for p in paths if p.get("mapped_address")}
+        {
+            parse_target(str(p["mapped_address"]))[0]
+            for p in paths
+            if p.get("mapped_address") and p.get("family") == 4
+        }
     )
     out: dict[str, Any] = {"paths": paths}
     confirmed = [p for p in paths if p.get("confirmed")]
