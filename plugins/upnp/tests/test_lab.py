@@ -397,3 +397,33 @@ async def test_dual_stack_request_maps_and_opens_a_pinhole(lab: Any) -> None:
     finally:
         app4.close()
         app6.close()
+
+
+@pytest.mark.parametrize("lab", [LAB], indirect=True)
+async def test_chain_reaches_an_endpoint_through_upnp(lab: Any, tmp_path: Any) -> None:
+    """The core chain (only ``upnp`` enabled) yields the mapped endpoint and releases it."""
+    from nattrav.config import structure_config
+    from nattrav.models import CandidateKind
+    from nattrav.runtime import Runtime
+
+    names = [s.name for s in Runtime.load(structure_config({})).host.method_specs()]
+    config = structure_config(
+        {
+            "chain": {"disabled": [n for n in names if n != "upnp"], "verify": False},
+            "state_dir": str(tmp_path),
+            "plugins": {"upnp": {"discovery_window": 1.0}},
+        }
+    )
+    runtime = Runtime.load(config)
+    events: list[LeaseEvent] = []
+    with _in(lab):
+        request = TraversalRequest(port=40900, families=frozenset({4}))
+        async with runtime.traverse(request, on_event=events.append) as (held, mux):
+            assert mux is not None and mux.port == 40900
+            assert held.result.method == "upnp"
+            assert held.result.candidate.kind is CandidateKind.PORT_MAPPED
+            assert held.result.endpoint.host == lab.public_ip4
+            assert not lab.gateway_state().empty
+    assert lab.gateway_state().empty
+    assert events[0].kind is LeaseEventKind.ACQUIRED
+    assert events[-1].kind is LeaseEventKind.RELEASED
