@@ -121,3 +121,20 @@ async def test_echo_server_stops_on_cancellation() -> None:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(address)
     s.close()
+
+
+async def test_a_long_running_search_keeps_confirming_the_plpmtu() -> None:
+    """``until_settled=False``: the confirmation timer re-probes the PLPMTU while it runs."""
+    from nattrav_pmtud.driver import run_prober
+    from nattrav_pmtud.prober import StunPmtuProber
+
+    async with echo_server(("127.0.0.1", 0)) as server:
+        prober = StunPmtuProber(
+            server.address,
+            SearchSettings(family=4, max_plpmtu=2000, confirm_interval=0.1, **FAST),
+        )
+        async with open_probe_socket(4) as psock:
+            result = await run_prober(prober, psock, deadline=0.55, until_settled=False)
+    assert result.plpmtu == 2000 and result.phase is Phase.SEARCH_COMPLETE
+    assert result.probes_acked >= 5  # base, 2000, then a confirmation every 0.1 s
+    assert result.probes_lost == 0 and server.responder.answered == result.probes_acked
