@@ -22,6 +22,7 @@ def test_entry_point_registers_the_method_and_command() -> None:
     assert spec.priority == 40
     assert spec.kind is CandidateKind.PORT_MAPPED
     assert spec.timeout == pytest.approx(2.0 + 4 * 2.0)
+    assert spec.group == "gateway"
     assert "upnp" in host.commands
     method = spec.factory()
     assert type(method).__name__ == "UpnpMethod"

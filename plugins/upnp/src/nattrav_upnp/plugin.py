@@ -43,6 +43,8 @@ def nattrav_register_methods(registry: MethodRegistry, config: dict[str, Any]) -
         description="UPnP IGD port mapping (IGD v1/v2) and IPv6 pinhole",
         transports=frozenset({Transport.UDP, Transport.TCP}),
         timeout=cfg.discovery_window + 4 * cfg.http_timeout,
+        # UPnP, NAT-PMP and PCP edit the same gateway table: never run them at the same time.
+        group="gateway",
     )
 
 
