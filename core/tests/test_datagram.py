@@ -73,3 +73,10 @@ async def test_app_exception_is_not_wrapped() -> None:
     with pytest.raises(LookupError):
         async with DatagramMux.open(0, families={4}):
             raise LookupError("mine")
+
+
+async def test_raw_socket_is_the_bound_os_socket() -> None:
+    async with DatagramMux.open(0, families={4}) as mux:
+        raw = mux.raw_socket(4)
+        assert raw.getsockname()[1] == mux.port
+        assert raw.type == socket.SOCK_DGRAM

@@ -104,6 +104,12 @@ async def test_report_runs_sections_concurrently_and_isolates_failures(tmp_path:
             (False, False, False),
         ),
         ({"x": {"error": "boom"}}, set(), (None, None, None)),
+        # IPv6 seen unchanged says nothing about the IPv4 NAT.
+        (
+            {"s": {"mapped_ips": ["2001:db8:1:1::10", "198.51.100.2"]}},
+            {"2001:db8:1:1::10", "192.168.1.10"},
+            (None, None, False),
+        ),
     ],
 )
 def test_double_nat_verdict(
@@ -111,6 +117,8 @@ def test_double_nat_verdict(
 ) -> None:
     v = double_nat_verdict(sections, local)
     assert (v["double_nat"], v["cgnat"], v["no_nat"]) == expected
+    if any(":" in ip for d in sections.values() for ip in d.get("mapped_ips", [])):
+        assert v["no_nat6"] is True
     assert v["why"]
 
 

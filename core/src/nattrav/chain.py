@@ -399,7 +399,7 @@ class Chain:
             strategy=strategy,
         )
         if self.config.chain.probe_paths and self.path_probes:
-            path = await self._probe_paths(result, request, sockets, emit)
+            path = await self._probe_paths(result, request, sockets, emit, acquisition.channel)
             result = attrs.evolve(result, path=path)
         return result
 
@@ -495,10 +495,12 @@ class Chain:
         request: TraversalRequest,
         sockets: Any,
         emit: Callable[[LeaseEvent], None],
+        channel: DatagramChannel | None = None,
     ) -> tuple[PathProperty, ...]:
         found: list[PathProperty] = []
         for spec in self.path_probes:
             ctx = self._context(request, spec, sockets, emit)
+            ctx.channel = channel
             try:
                 prop = await spec.factory().probe(result, ctx)
             except Exception as exc:  # a path probe never costs the user the endpoint

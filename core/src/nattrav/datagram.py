@@ -101,6 +101,15 @@ class DatagramMux:
     def families(self) -> frozenset[int]:
         return frozenset(self._sockets)
 
+    def raw_socket(self, family: int) -> socket.socket:
+        """The OS socket of ``family``, for socket options and the error queue (PMTUD).
+
+        Do not receive from it: the mux's reader owns receiving.
+        """
+        raw = self._sockets[family].extra(anyio.abc.SocketAttribute.raw_socket)
+        assert isinstance(raw, socket.socket)
+        return raw
+
     def local_address(self, family: int) -> TransportAddress:
         address = self._sockets[family].extra(anyio.abc.SocketAttribute.local_address)
         assert isinstance(address, tuple)

@@ -82,6 +82,9 @@ class AttemptContext:
     telemetry: Telemetry | None = None
     emit: Callable[[LeaseEvent], None] = attrs.field(default=lambda _event: None)
     journal: Journal | None = None
+    #: For path probes: the chosen endpoint's channel when its traffic does not flow over
+    #: ``sockets`` (a relay allocation), so the path can be probed through it.
+    channel: DatagramChannel | None = None
     logger: logging.Logger = attrs.field(factory=lambda: logging.getLogger("nattrav"))
 
 

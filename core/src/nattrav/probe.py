@@ -75,7 +75,11 @@ def double_nat_verdict(sections: Mapping[str, Any], local_ips: set[str]) -> dict
     * a gateway's external address that is private or shared (100.64/10): double NAT, and
       carrier-grade when shared;
     * a public gateway address different from the address servers saw: another NAT beyond it;
-    * a server-observed address equal to a local one: no NAT.
+    * a server-observed address equal to a local one: no NAT for that family.
+
+    NAT is judged per family: an IPv6 address that servers see unchanged (the normal case
+    without NAT66) says nothing about IPv4, so ``no_nat`` is about IPv4 and ``no_nat6`` about
+    IPv6; double NAT is an IPv4 verdict.
     """
     gateway_ips: list[str] = []
     mapped: list[str] = []
@@ -83,19 +87,22 @@ def double_nat_verdict(sections: Mapping[str, Any], local_ips: set[str]) -> dict
         if isinstance(data, Mapping):
             gateway_ips += [str(i) for i in data.get("gateway_external_ips", []) or []]
             mapped += [str(i) for i in data.get("mapped_ips", []) or []]
+    mapped4 = [ip for ip in mapped if ":" not in ip]
+    mapped6 = [ip for ip in mapped if ":" in ip]
     verdict: dict[str, Any] = {
         "double_nat": None,
         "cgnat": None,
         "no_nat": None,
+        "no_nat6": (any(ip in local_ips for ip in mapped6) if mapped6 else None),
         "gateway_external_ips": sorted(set(gateway_ips)),
         "mapped_ips": sorted(set(mapped)),
         "why": "",
     }
-    if mapped:
-        verdict["no_nat"] = any(ip in local_ips for ip in mapped)
+    if mapped4:
+        verdict["no_nat"] = any(ip in local_ips for ip in mapped4)
         if verdict["no_nat"]:
             verdict["double_nat"] = False
-            verdict["why"] = "servers see one of this host's own addresses"
+            verdict["why"] = "servers see one of this host's own IPv4 addresses"
             return verdict
     scopes = {ip: scope_of(ip) for ip in gateway_ips}
     shared = [ip for ip, s in scopes.items() if s is AddressScope.SHARED]
@@ -108,7 +115,7 @@ def double_nat_verdict(sections: Mapping[str, Any], local_ips: set[str]) -> dict
         verdict["why"] = f"the gateway's external address {ip} is {kind}: another NAT is beyond it"
         return verdict
     public_gw = [ip for ip, s in scopes.items() if s is AddressScope.PUBLIC]
-    mapped_v4 = {ip for ip in mapped if ":" not in ip}
+    mapped_v4 = set(mapped4)
     if public_gw and mapped_v4:
         v4_gw = {ip for ip in public_gw if ":" not in ip}
         if v4_gw and not (v4_gw & mapped_v4):
