@@ -87,8 +87,15 @@ class DatagramMux:
     Use ``async with DatagramMux.open(port) as mux``; ``mux.app`` is the application's channel.
     """
 
-    def __init__(self, sockets: dict[int, anyio.abc.UDPSocket], port: int, queue: int) -> None:
+    def __init__(
+        self,
+        sockets: dict[int, anyio.abc.UDPSocket],
+        port: int,
+        queue: int,
+        raw: dict[int, socket.socket] | None = None,
+    ) -> None:
         self._sockets = sockets
+        self._raw = raw or {}
         self.port = port
         self._queue = queue
         self._subs: list[Subscription] = []
@@ -106,9 +113,7 @@ class DatagramMux:
 
         Do not receive from it: the mux's reader owns receiving.
         """
-        raw = self._sockets[family].extra(anyio.abc.SocketAttribute.raw_socket)
-        assert isinstance(raw, socket.socket)
-        return raw
+        return self._raw[family]
 
     def local_address(self, family: int) -> TransportAddress:
         address = self._sockets[family].extra(anyio.abc.SocketAttribute.local_address)
@@ -146,7 +151,7 @@ class DatagramMux:
             for s in raw.values():
                 s.close()
             raise
-        mux = cls(wrapped, bound_port, queue)
+        mux = cls(wrapped, bound_port, queue, raw)
         try:
             with single_errors():
                 async with anyio.create_task_group() as tg:
