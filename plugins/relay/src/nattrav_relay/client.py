@@ -1211,6 +1211,7 @@ class TurnClient:
             # T7 (§12.3): the server disagrees with our view of channels. Delete the
             # allocation and start afresh rather than guess which side is wrong.
             reason = "400 on ChannelBind: client and server channel state out of sync"
+            self._events.append(ChannelFailed(ch.peer, ch.number, reason, code))
             self._lost_after_delete = reason
             self._cancel_requests()
             self._drop_queues()

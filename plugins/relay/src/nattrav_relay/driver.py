@@ -224,6 +224,8 @@ class RelayEndpoint:
         self._sends = 0
         self._receives = 0
         self.inbox_dropped = 0
+        #: configured permissions the server refused or did not answer (ip -> why)
+        self.permit_failures: dict[str, str] = {}
         self.icmp_errors: deque[IcmpReceived] = deque(maxlen=32)
         self.relayed_addresses: tuple[TransportAddress, ...] = ()
         self.mapped: TransportAddress | None = None
@@ -445,6 +447,29 @@ class RelayEndpoint:
         for ip in self._permit:
             self._client.permit(ip, anyio.current_time())
         await self._establish(budget=self.allocate_timeout, initial=True)
+        await self._await_permits()
+
+    async def _await_permits(self) -> None:
+        """Wait (exclusive mode, bounded) until the configured permissions are answered, so
+        the permitted peers can send as soon as the caller has the endpoint."""
+        waiting = set(self._permit)
+        if not waiting:
+            return
+
+        def answered(event: TurnEvent) -> bool:
+            if isinstance(event, PermissionCreated | PermissionFailed):
+                waiting.discard(event.ip)
+                if isinstance(event, PermissionFailed):
+                    self.permit_failures[event.ip] = event.reason
+            return not waiting
+
+        try:
+            await self._drive(answered, self.allocate_timeout)
+        except (TimeoutError, TransportError) as exc:
+            for ip in waiting:
+                self.permit_failures[ip] = f"no answer: {exc or 'timeout'}"
+        for ip, reason in self.permit_failures.items():
+            log.warning("relay: permission for %s not installed: %s", ip, reason)
 
     async def _connect(self, host: str) -> None:
         kind = self.server.transport
@@ -881,6 +906,8 @@ class RelayEndpoint:
                 await self._transport.aclose()
             for stream in self._subscribers:
                 stream.close()
+            self._lost_send.close()
+            self._lost_recv.close()
 
     # ================================================================= journal
 
