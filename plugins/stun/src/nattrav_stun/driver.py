@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import attrs
 from nattrav.errors import NatTravError, ParseError
 from nattrav.taskgroups import single_errors
@@ -90,6 +91,7 @@ __all__ = [
     "StunClient",
     "StunError",
     "UdpEndpoint",
+    "local_address_toward",
     "resolve",
     "run_bindings",
 ]
@@ -158,7 +160,7 @@ class ClientStats:
 class _Pending:
     """A request in flight: its machine, the endpoint it uses, and how to wake its waiter."""
 
-    __slots__ = ("endpoint", "event", "fut", "machine", "wait_seq")
+    __slots__ = ("arrived_on", "endpoint", "event", "fut", "machine", "wait_seq")
 
     def __init__(self, machine: StunRequest, endpoint: Endpoint) -> None:
         self.machine = machine
@@ -166,6 +168,19 @@ class _Pending:
         self.fut: asyncio.Future[bool] | None = None
         self.event: anyio.Event | None = None
         self.wait_seq = 0
+        self.arrived_on: Endpoint | None = None
+
+    def outcome(self, event: Event) -> Event:
+        """``event``, noting where a success arrived when that was another socket."""
+        arrived = self.arrived_on
+        if (
+            arrived is not None
+            and arrived is not self.endpoint
+            and isinstance(event, SuccessResponse)
+        ):
+            local = arrived.reported_local or arrived.local_for(event.source.family)
+            return attrs.evolve(event, received_on=local)
+        return event
 
     def wake(self) -> None:
         fut = self.fut
@@ -205,6 +220,9 @@ class Endpoint:
     def __init__(self, client: StunClient) -> None:
         self.client = client
         self.closed = False
+        #: the address a server would see without NAT (set when the socket is bound to a
+        #: wildcard and the route's source address is known); used to recognise "no NAT"
+        self.reported_local: Address | None = None
 
     @property
     def local(self) -> Address | None:
@@ -312,6 +330,7 @@ class MuxEndpoint(Endpoint):
         self.mux = mux
         self.families = frozenset(mux.families)
         self.subscription: Subscription | None = None
+        self._send_lock = anyio.Lock()
 
     def local_for(self, family: int) -> Address | None:
         try:
@@ -350,7 +369,15 @@ class MuxEndpoint(Endpoint):
             return
 
     async def send(self, data: bytes, address: Address) -> None:
-        await self.mux.send_to(data, (address.host, address.port))
+        # The mux's anyio socket refuses concurrent writers (BusyResourceError): serialise
+        # our own sends, and yield to another user of the port (the application, TURN).
+        async with self._send_lock:
+            while True:
+                try:
+                    await self.mux.send_to(data, (address.host, address.port))
+                    return
+                except anyio.BusyResourceError:
+                    await anyio.lowlevel.checkpoint()
 
     async def aclose(self) -> None:
         if self.closed:
@@ -695,6 +722,7 @@ class StunClient:
             return
         source = addr if type(addr) is Address else _canonical_source(addr)
         if pending.machine.receive_message(msg, source, self._clock()):
+            pending.arrived_on = endpoint
             pending.wake()
 
     def _deliver_watch(self, watch: _Watch, data: bytes, addr: Any, endpoint: Endpoint) -> None:
@@ -760,7 +788,7 @@ class StunClient:
                     outgoing = machine.datagrams_to_send()
                 event = machine.next_event()
                 if event is not None:
-                    return event
+                    return pending.outcome(event)
                 if machine.done:
                     return TransactionFailed("the STUN client was closed")
                 timer = machine.get_timer()
@@ -833,7 +861,7 @@ class StunClient:
                     outgoing = machine.datagrams_to_send()
                 event = machine.next_event()
                 if event is not None:
-                    return event
+                    return pending.outcome(event)
                 if machine.done:
                     return TransactionFailed("the STUN client was closed")
                 timer = machine.get_timer()
@@ -891,6 +919,9 @@ class StunClient:
             rto = self.rto_cache.rto_for(server.host, self._clock())
         else:
             rto = timers.rto
+        if timeout is not None:
+            # a short probe window still gets two or three sends, for lossy paths
+            rto = min(rto, max(0.05, timeout / 3))
         machine = StunRequest(
             method,
             attributes,
@@ -1127,10 +1158,42 @@ class StunClient:
         finally:
             self._watches.pop(transaction_id, None)
 
+    async def gather(self, *coroutines: Awaitable[Any]) -> None:
+        """Run ``coroutines`` concurrently and wait for all (for callers that must not touch
+        anyio themselves, such as ``discovery``)."""
+        async with anyio.create_task_group() as tg:
+            for coroutine in coroutines:
+                tg.start_soon(_await, coroutine)
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+    async def wait_event(self, event: anyio.Event, timeout: float) -> bool:
+        """Wait for ``event`` at most ``timeout`` seconds; True when it was set."""
+        with anyio.move_on_after(timeout):
+            await event.wait()
+        return event.is_set()
+
     async def send_raw(self, data: bytes, address: Address, endpoint: Endpoint) -> None:
         """Send prepared bytes (a request whose answer another endpoint will see)."""
         if not endpoint.send_now(data, address):
             await endpoint.send(data, address)
+
+
+async def _await(coroutine: Awaitable[Any]) -> None:
+    await coroutine
+
+
+def local_address_toward(destination: Address) -> str | None:
+    """The source IP the routing table picks toward ``destination`` (no packet is sent: a
+    connected UDP socket only consults the route). ``None`` when there is no route."""
+    family = socket.AF_INET6 if destination.family == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((destination.host, destination.port or 9))
+            return str(probe.getsockname()[0]).split("%", 1)[0]
+    except OSError:
+        return None
 
 
 def _as_server(server: ServerLike) -> ServerAddress | Address:

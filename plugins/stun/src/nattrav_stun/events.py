@@ -45,6 +45,9 @@ class SuccessResponse:
     authenticated: bool = False
     rtt: float | None = attrs.field(default=None, eq=False)
     sends: int = attrs.field(default=1, eq=False)
+    #: the local address the answer arrived at, when that is not the sending socket
+    #: (RESPONSE-PORT and other RFC 5780 tricks); ``None``: where it was sent from
+    received_on: Address | None = attrs.field(default=None, eq=False)
 
     ok = True
 
@@ -177,6 +180,8 @@ class BindingResult:
     rtt: float | None = None
     authenticated: bool = False
     transport: str = "udp"
+    #: see ``SuccessResponse.received_on``
+    received_on: Address | None = None
 
     @classmethod
     def from_event(
@@ -203,6 +208,7 @@ class BindingResult:
             rtt=event.rtt,
             authenticated=event.authenticated,
             transport=transport,
+            received_on=event.received_on,
         )
 
     def to_json(self) -> dict[str, object]:

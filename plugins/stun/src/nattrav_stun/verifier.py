@@ -1,0 +1,170 @@
+"""``stun-inbound``: prove or refute that unsolicited inbound traffic reaches a candidate.
+
+Theory of operation
+-------------------
+The chain asks verifiers after a method produced a candidate. This one uses an RFC 5780 STUN
+server to make a packet arrive from an address the application never talked to:
+
+* host and reflexive candidates: from the application's port (``ctx.sockets``), a plain
+  Binding first (the server must see exactly the candidate's address, else this server cannot
+  speak for it), then a Binding with CHANGE-REQUEST "change IP and port". The answer comes
+  from OTHER-ADDRESS: if it arrives, inbound works (``proven``). If it does not, the verdict is
+  ``refused`` only after the server showed, to a separate socket, that its alternate address
+  answers at all; otherwise ``None`` (cannot tell).
+* port-mapped candidates (UPnP, NAT-PMP, PCP): from a separate socket behind the same NAT
+  (its public IP must be the candidate's), first check that the server honours
+  RESPONSE-PORT (aimed at that socket's own mapping), then ask for the answer to be sent to
+  the candidate's external port, from the alternate address when the server has one. The
+  mapping must forward it to the application's port, where the shared-port subscription
+  picks it up (``proven``); silence after a working RESPONSE-PORT check is ``refused``: the
+  gateway says it maps, but nothing arrives (tailscale#21208).
+
+Each check waits ``probe_window``; the chain bounds the whole verification. Returns ``None``
+whenever the server or the setting cannot decide (no server, no RFC 5780, another public IP,
+a TCP candidate, no shared port).
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+
+from nattrav.method import AttemptContext
+from nattrav.models import Candidate, CandidateKind, Reachability, Transport
+
+from nattrav_stun.codec import CHANGE_IP, CHANGE_PORT, CHANGE_REQUEST, RESPONSE_PORT, Address
+from nattrav_stun.config import StunConfig
+from nattrav_stun.driver import Endpoint, StunClient, StunError
+from nattrav_stun.events import BindingResult
+from nattrav_stun.uri import ServerAddress
+
+__all__ = ["StunVerifier", "VERIFIER"]
+
+VERIFIER = "stun-inbound"
+
+
+def _distinct_other(result: BindingResult) -> Address | None:
+    other = result.other_address
+    if other is None or other.host == result.server.host or other.port == result.server.port:
+        return None
+    return other
+
+
+class StunVerifier:
+    """See the module docstring."""
+
+    def __init__(self, config: StunConfig) -> None:
+        self.config = config
+
+    async def verify(self, candidate: Candidate, ctx: AttemptContext) -> Reachability | None:
+        if candidate.address.transport is not Transport.UDP or ctx.sockets is None:
+            return None
+        if candidate.details.get("filtering_probe") not in (None, "skipped"):
+            return None  # the stun method already ran this very probe from this port
+        family = candidate.address.family
+        if family not in ctx.sockets.families:
+            return None
+        servers = [s for s in self.config.parsed_servers() if s.transport == "udp"]
+        if not servers:
+            return None
+        async with AsyncExitStack() as stack:
+            client = await stack.enter_async_context(
+                StunClient.open(self.config.client_settings(), mux=ctx.sockets)
+            )
+            app = client.mux_endpoint
+            assert app is not None
+            for server in servers[:2]:
+                try:
+                    if candidate.kind is CandidateKind.PORT_MAPPED:
+                        verdict = await self._port_mapped(client, candidate, server, family)
+                    else:
+                        verdict = await self._reflexive(client, candidate, server, app)
+                except StunError:
+                    continue
+                if verdict is not None:
+                    return verdict
+        return None
+
+    async def _reflexive(
+        self, client: StunClient, candidate: Candidate, server: ServerAddress, app: Endpoint
+    ) -> Reachability | None:
+        window = self.config.probe_window
+        family = candidate.address.family
+        first = await client.binding(server, endpoint=app, families=frozenset({family}))
+        target = Address(candidate.address.host, candidate.address.port)
+        if first.mapped != target:
+            return None  # this server sees another address: it cannot speak for the candidate
+        other = _distinct_other(first)
+        if other is None:
+            return None
+        try:
+            answer = await client.binding(
+                first.server,
+                endpoint=app,
+                attributes={CHANGE_REQUEST: CHANGE_IP | CHANGE_PORT},
+                timeout=window,
+                accept_from=None,
+            )
+        except StunError:
+            answer = None
+        if answer is not None:
+            if answer.source != other:
+                return None  # the server ignores CHANGE-REQUEST
+            return Reachability.proven(
+                f"STUN CHANGE-REQUEST: {other}, an address this port never sent to, reached "
+                f"{target}"
+            )
+        # Silence means something only if the alternate address answers at all; ask it from
+        # a separate socket so the application's filter state is untouched.
+        probe = await client.add_socket(family)
+        try:
+            await client.binding(other, endpoint=probe, timeout=window)
+        except StunError:
+            return None
+        return Reachability.refused(
+            f"STUN CHANGE-REQUEST: nothing from {other} reached {target} within {window:.1f} s "
+            "although that address answers: inbound traffic is filtered"
+        )
+
+    async def _port_mapped(
+        self, client: StunClient, candidate: Candidate, server: ServerAddress, family: int
+    ) -> Reachability | None:
+        window = self.config.probe_window
+        external = Address(candidate.address.host, candidate.address.port)
+        probe = await client.add_socket(family)
+        first = await client.binding(server, endpoint=probe, families=frozenset({family}))
+        if first.mapped.host != external.host:
+            return None  # another public address: this path cannot reach the mapping
+        # Does the server honour RESPONSE-PORT? Aim at our own, known-good mapping first.
+        try:
+            await client.binding(
+                first.server,
+                endpoint=probe,
+                attributes={RESPONSE_PORT: first.mapped.port},
+                timeout=window,
+            )
+        except StunError:
+            return None
+        other = _distinct_other(first)
+        attributes: dict[int, int] = {RESPONSE_PORT: external.port}
+        if other is not None:
+            attributes[CHANGE_REQUEST] = CHANGE_IP | CHANGE_PORT
+        try:
+            answer = await client.binding(
+                first.server,
+                endpoint=probe,
+                attributes=attributes,
+                timeout=window,
+                accept_from=None,
+            )
+        except StunError:
+            return Reachability.refused(
+                f"a STUN answer sent to the mapped address {external} (RESPONSE-PORT) did not "
+                f"reach the application's port within {window:.1f} s: the mapping does not "
+                "forward"
+            )
+        if answer.received_on is None:
+            return None  # it came back to the probe socket itself: proves nothing here
+        return Reachability.proven(
+            f"a STUN answer sent from {answer.source} to the mapped address {external} "
+            f"(RESPONSE-PORT) arrived at the application's port {answer.received_on.port}"
+        )
