@@ -575,6 +575,22 @@ class TurnClient:
         self._drop_queues()
         self._request(_Kind.DELETE, REFRESH, {LIFETIME: 0}, now)
 
+    def delete_orphan(self, now: float) -> None:
+        """Delete an allocation this client did not make but whose 5-tuple it now uses (a
+        crashed run's, ``nattrav cleanup``): Refresh with LIFETIME 0, challenged and signed
+        like any request; a 437 means the server has none for this 5-tuple."""
+        self._cancel_requests()
+        self.state = State.DELETING
+        self._request(_Kind.DELETE, REFRESH, {LIFETIME: 0}, now)
+
+    def forget_permission(self, ip: str) -> None:
+        """Stop renewing the permission for ``ip``: it lapses within 300 s (TURN has no
+        way to remove one)."""
+        perm = self.permissions.get(ip)
+        if perm is not None:
+            perm.sticky = False
+            perm.refresh_at = math.inf
+
     def connection_lost(self, reason: str, now: float) -> None:
         """The TCP/TLS connection closed: the server deletes the allocation with it."""
         self._cancel_requests()

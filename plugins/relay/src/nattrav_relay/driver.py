@@ -87,7 +87,7 @@ from nattrav_relay.transport import (
     Transport as ServerTransport,
 )
 
-__all__ = ["RelayEndpoint", "RelayError", "allocate", "resolve_server"]
+__all__ = ["RelayEndpoint", "RelayError", "allocate", "release_orphan", "resolve_server"]
 
 log = logging.getLogger("nattrav.relay")
 
@@ -1080,3 +1080,95 @@ async def allocate(
             finally:
                 await endpoint._close()
                 tg.cancel_scope.cancel()
+
+
+async def release_orphan(
+    server_address: TransportAddress,
+    local: TransportAddress,
+    credentials: LongTermCredentials,
+    *,
+    mapped: TransportAddress | None = None,
+    settings: ClientSettings | None = None,
+    timeout: float = 3.0,
+) -> str:
+    """Delete a crashed run's UDP allocation by re-using its 5-tuple: bind the same local
+    address and port, check with a Binding request that the server still sees the journaled
+    ``mapped`` address (else a NAT in between gave us a new mapping and a 437 would prove
+    nothing), then Refresh with LIFETIME 0. Returns what happened; ``RelayError`` when the
+    allocation cannot be reached from here (it then lives until its lifetime ends)."""
+    import socket as _socket
+
+    from nattrav_stun.codec import BINDING, REQUEST, Message, decode, encode
+
+    from nattrav_relay.attributes import TURN_ATTRIBUTES
+    from nattrav_relay.transport import UdpTransport
+
+    family = _socket.AF_INET6 if local.family == 6 else _socket.AF_INET
+    sock = _socket.socket(family, _socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.bind((local.host, local.port))
+        sock.connect((server_address.host, server_address.port))
+    except OSError as exc:
+        sock.close()
+        raise RelayError(
+            f"cannot re-use the allocation's local address {local}: {exc.strerror or exc}"
+        ) from exc
+    transport = UdpTransport(sock)
+    try:
+        with anyio.fail_after(timeout):
+            if mapped is not None:
+                probe = Message(BINDING, REQUEST)
+                seen = None
+                for _ in range(3):
+                    await transport.send(encode(probe, fingerprint=True))
+                    with anyio.move_on_after(timeout / 4):
+                        while seen is None:
+                            for datagram in await transport.receive():
+                                try:
+                                    answer = decode(datagram, TURN_ATTRIBUTES)
+                                except ParseError:
+                                    continue
+                                if answer.transaction_id == probe.transaction_id:
+                                    seen = answer.xor_mapped_address
+                    if seen is not None:
+                        break
+                if seen is None:
+                    raise RelayError(f"{server_address} does not answer from {local}")
+                if (seen.host, seen.port) != (mapped.host, mapped.port):
+                    raise RelayError(
+                        f"the server now sees {local} as {seen}, not {mapped}: the NAT "
+                        "mapping changed and the old allocation cannot be reached"
+                    )
+            client = TurnClient(
+                (server_address.host, server_address.port),
+                credentials,
+                settings=settings or ClientSettings(keepalive=None),
+            )
+            client.delete_orphan(anyio.current_time())
+            while True:
+                for wire in client.datagrams_to_send():
+                    await transport.send(wire)
+                event = client.next_event()
+                if isinstance(event, Deleted):
+                    if not event.confirmed:
+                        raise RelayError(f"delete not confirmed: {event.reason}")
+                    return "deleted (or already gone)"
+                timer = client.get_timer()
+                now = anyio.current_time()
+                batch: list[bytes] | None = None
+                with anyio.move_on_after(max(0.0, (timer or now + 0.1) - now)):
+                    try:
+                        batch = await transport.receive()
+                    except ServerUnreachable:
+                        batch = []
+                now = anyio.current_time()
+                if batch:
+                    for datagram in batch:
+                        client.receive(datagram, now)
+                elif batch is None:
+                    client.handle_timer(now)
+    except TimeoutError as exc:
+        raise RelayError(f"{server_address} did not answer within {timeout:.1f} s") from exc
+    finally:
+        await transport.aclose()
