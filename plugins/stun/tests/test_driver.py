@@ -285,6 +285,27 @@ async def test_benchmark_hook(coturn: Coturn) -> None:
     result = await run_bindings(coturn.uri, 200, concurrency=4)
     assert result.succeeded == 200 and result.failed == 0
     assert result.per_second > 0
+    spread = await run_bindings(coturn.uri, 120, concurrency=2, sockets=3)
+    assert spread.succeeded == 120
+
+
+def test_fast_path_on_uvloop(coturn: Coturn) -> None:
+    """The asyncio fast path (add_reader + own timers) also runs on uvloop."""
+    from nattrav_stun.driver import bench_bindings
+
+    result = bench_bindings(coturn.uri, 100, concurrency=20, use_uvloop=True)
+    assert result.fast_path and result.succeeded == 100
+
+    async def binding() -> tuple[bool, c.Address]:
+        import asyncio
+
+        assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+        async with StunClient.open(ClientSettings(timers=FAST)) as client:
+            mapped = (await client.binding(coturn.uri)).mapped
+            return client._loop is not None, mapped
+
+    fast, mapped = anyio.run(binding, backend_options={"use_uvloop": True})
+    assert fast and mapped.host == "127.0.0.1"
 
 
 async def test_tcp_challenge_and_answer_race_regression(coturn_secure: Coturn) -> None:

@@ -1,8 +1,13 @@
 """Every STUN row (S1-S21) of ../shared/research/hostile-inputs.md, as a test.
 
-Rows about parsing are checked on the codec; rows about transactions (S7, S8, S12, S14, S16,
-S18, S20) drive the sans-IO request machine with a fake clock; S21 is about how a mapped
-address is reported (never as proof of reachability).
+Rows about parsing are checked here on the codec (S1-S6, S9-S11, S13, S15-S17, S19). Rows
+about transactions drive the sans-IO request machine with a fake clock and live in
+``test_transaction.py`` under the same names: ``test_s07_*`` (late duplicates), ``test_s08_*``
+(wrong source), ``test_s09_*`` (unknown required attribute fails the transaction),
+``test_s12_*`` (integrity failures), ``test_s14_*`` (other algorithm), ``test_s16_*``
+(ERROR-CODE, 5xx budget), ``test_s18_*`` (bid-down, 401 loops), ``test_s20_*`` (redirect
+targets), ``test_s21_*`` (a mapped address is no proof of reachability; the method and
+verifier prove it separately, see ``test_method.py``/``test_lab.py``).
 """
 
 from __future__ import annotations

@@ -97,3 +97,34 @@ def test_plugin_module_imports_cheaply() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+class _ProbeCtx:
+    """What ``nattrav probe`` hands a section: settings per plugin and the probe options."""
+
+    def __init__(self, table: dict[str, object]) -> None:
+        from nattrav.probe import ProbeOptions
+
+        self.options = ProbeOptions(window=0.3, timeout=6.0)
+        self.table = table
+        self.steps: list[str] = []
+
+    def settings(self, plugin_name: str) -> dict[str, object]:
+        assert plugin_name == "stun"
+        return self.table
+
+    def progress(self, section: str, text: str) -> None:
+        self.steps.append(f"{section}: {text}")
+
+
+@pytest.mark.anyio
+async def test_probe_section(coturn: Coturn) -> None:
+    from nattrav_stun.cli import report_section
+
+    ctx = _ProbeCtx({"servers": [coturn.uri]})
+    report = await report_section(ctx)
+    assert report["mapping"] == "no-nat" and report["filtering"] == "endpoint-independent"
+    assert report["mapped_ips"] == ["127.0.0.1"]  # read by core's double-NAT verdict
+    assert ctx.steps and "RFC 5780" in ctx.steps[0]
+    skipped = await report_section(_ProbeCtx({}))
+    assert "--stun" in skipped["skipped"]

@@ -111,7 +111,7 @@ def test_loss_then_response_to_a_retransmission() -> None:
     assert event.mapped == c.Address("198.51.100.7", 40000)
 
 
-def test_first_response_wins_duplicates_and_late_ones_ignored() -> None:
+def test_s07_first_response_wins_duplicates_and_late_ones_ignored() -> None:
     txn = StunTransaction(binding_request(), SERVER)
     txn.start(0.0)
     assert txn.receive_datagram(response(), SERVER, 0.2)

@@ -710,15 +710,17 @@ class RtoCache:
 
     def record(self, ip: str, rtt: float, now: float) -> None:
         entry = self._entries.get(ip)
-        fresh = entry is not None and now - entry.used <= self.max_age
-        if entry is not None and fresh:
+        if entry is not None and now - entry.used <= self.max_age:
             rttvar = 0.75 * entry.rttvar + 0.25 * abs(entry.srtt - rtt)
             srtt = 0.875 * entry.srtt + 0.125 * rtt
         else:
             srtt, rttvar = rtt, rtt / 2
         rto = srtt + (4 * rttvar if rttvar > 0.00025 else 0.001)
-        # 1 ms accuracy, never rounded up to whole seconds (§6.2.1)
-        rto = round(min(self.max_rto, max(self.min_rto, rto)), 3)
+        # 1 ms accuracy is enough and nothing is rounded up to whole seconds (§6.2.1)
+        if rto < self.min_rto:
+            rto = self.min_rto
+        elif rto > self.max_rto:
+            rto = self.max_rto
         if entry is not None:
             entry.srtt, entry.rttvar, entry.rto, entry.used = srtt, rttvar, rto, now
             return
