@@ -167,3 +167,33 @@ def test_nattrav_map_with_stun_from_the_lan_host(lab: Any) -> None:
     result = next(line["result"] for line in lines if "result" in line)
     assert result["candidate"]["method"] == "stun"
     assert result["candidate"]["address"]["host"] == lab.public_ip4
+
+
+@pytest.mark.parametrize("lab", ["eim"], indirect=True)
+def test_ipv6_is_routed_behind_a_stateful_firewall(lab: Any) -> None:
+    host, port = lab.stun_primary6
+    proc = lab.exec(
+        "lan", [NATTRAV, "nat-type", f"[{host}]:{port}", "--json", "--window", "0.4"], timeout=30
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["mapping"] == "no-nat"  # no NAT66 in the lab
+    assert report["filtering"] == "address-and-port-dependent"  # but a stateful firewall
+    assert report["mapped"].startswith(f"[{lab.lan_host_ip6}]:")
+
+
+@pytest.mark.parametrize("lab", ["udp-blocked"], indirect=True)
+def test_stun_over_tls_and_tcp_when_udp_is_blocked(lab: Any) -> None:
+    """TLS verifies the lab's certificate (issued for coturn's IPs) with the lab's CA."""
+    env = {**os.environ, "NATTRAV_PLUGINS__STUN__CA_FILE": str(lab.turn.ca_path)}
+    for uri, transport in (
+        (f"stuns:{lab.turn.host4}:{lab.turn.tls_port}", "tls"),
+        (f"stun:{lab.turn.host4}:{lab.turn.port}?transport=tcp", "tcp"),
+    ):
+        proc = lab.exec("lan", [NATTRAV, "stun", uri, "--json"], env=env, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(proc.stdout)
+        assert result["transport"] == transport
+        assert result["mapped"].startswith(f"{lab.public_ip4}:")
+    proc = lab.exec("lan", [NATTRAV, "stun", server(lab), "--timeout", "0.5"], timeout=30)
+    assert proc.returncode == 1 and "no response" in proc.stderr
