@@ -158,7 +158,7 @@ def test_t3_437_on_delete_counts_as_success() -> None:
     allocated(h)
     h.client.delete(1.0)
     h.reply(h.server.error(h.one(), 437, "Allocation Mismatch"))
-    assert h.events() == [Deleted(True)]
+    assert h.events() == [Deleted(True, "already gone (437)")]
 
 
 def test_t3_437_on_create_permission_means_the_allocation_is_gone() -> None:

@@ -116,6 +116,7 @@ async def _allocate(args: argparse.Namespace, cli: Any) -> int:
             server_name=args.server_name,
             on_event=on_event,
             allocate_timeout=args.timeout,
+            journal=cli.runtime().journal,  # a crash leaves an entry `nattrav cleanup` handles
         ) as ep:
             relayed = [str(a) for a in ep.relayed_addresses]
             _write(

@@ -1138,9 +1138,8 @@ class TurnClient:
         self.refresh_at = max(retry, now)
 
     def _delete_done(self, pending: _Pending, event: Any, now: float) -> None:
-        confirmed = (isinstance(event, SuccessResponse) and event.authenticated) or (
-            isinstance(event, ErrorResponse) and event.code == 437  # T3: already gone
-        )
+        gone = isinstance(event, ErrorResponse) and event.code == 437  # T3: already gone
+        confirmed = (isinstance(event, SuccessResponse) and event.authenticated) or gone
         self.state = State.DELETED
         lost = self._lost_after_delete
         if lost is not None:
@@ -1149,7 +1148,8 @@ class TurnClient:
             self.auth.forget()
             self._events.append(AllocationLost(lost, 400))
             return
-        self._events.append(Deleted(confirmed, "" if confirmed else _describe(event)))
+        reason = "already gone (437)" if gone else ("" if confirmed else _describe(event))
+        self._events.append(Deleted(confirmed, reason))
 
     def _permission_done(self, pending: _Pending, event: Any, now: float) -> None:
         perm: Permission = pending.subject

@@ -530,7 +530,12 @@ class RelayEndpoint:
                 )
                 client.abandon()
             except TransportError as exc:
-                outcome = AllocationFailed(str(exc), timed_out=True, retry_at=anyio.current_time())
+                outcome = AllocationFailed(
+                    str(exc),
+                    timed_out=True,
+                    new_five_tuple=True,  # the connection is unusable: make a new one
+                    retry_at=anyio.current_time(),
+                )
                 client.abandon()
             if isinstance(outcome, Allocated):
                 return outcome
@@ -1153,7 +1158,7 @@ async def release_orphan(
                 if isinstance(event, Deleted):
                     if not event.confirmed:
                         raise RelayError(f"delete not confirmed: {event.reason}")
-                    return "deleted (or already gone)"
+                    return event.reason or "deleted"
                 timer = client.get_timer()
                 now = anyio.current_time()
                 batch: list[bytes] | None = None

@@ -130,6 +130,8 @@ class UdpTransport:
         return cls(sock)
 
     def send_now(self, data: bytes) -> bool:
+        if self._closed:
+            raise TransportClosed("socket closed")
         try:
             self._send(data)
         except BlockingIOError:
@@ -144,7 +146,10 @@ class UdpTransport:
 
     async def send(self, data: bytes) -> None:
         while not self.send_now(data):
-            await anyio.wait_writable(self.sock)
+            try:
+                await anyio.wait_writable(self.sock)
+            except (anyio.ClosedResourceError, OSError, ValueError) as exc:
+                raise TransportClosed("socket closed") from exc
 
     async def receive(self) -> list[bytes]:
         recv = self._recv
@@ -168,7 +173,10 @@ class UdpTransport:
                     raise TransportError(f"UDP receive: {exc.strerror or exc}") from exc
             if batch:
                 return batch
-            await anyio.wait_readable(self.sock)
+            try:
+                await anyio.wait_readable(self.sock)
+            except (anyio.ClosedResourceError, OSError, ValueError) as exc:
+                raise TransportClosed("socket closed") from exc
 
     async def aclose(self) -> None:
         if not self._closed:
