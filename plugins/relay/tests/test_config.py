@@ -83,7 +83,7 @@ def test_a_credential_provider_stands_in_for_passwords() -> None:
         {"servers": ["turn:192.0.2.1"], "credential_provider": "tests_relay_creds:provide"}
     )
     assert cfg.credentials_for(cfg.servers[0]) is None
-    with pytest.raises(ConfigError, match="package.module:function"):
+    with pytest.raises(ConfigError, match=r"package\.module:function"):
         load_config({"servers": ["turn:192.0.2.1"], "credential_provider": "nocolon"})
 
 

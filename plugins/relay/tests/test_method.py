@@ -228,7 +228,7 @@ async def test_cleanup_refuses_when_the_nat_mapping_changed(
     data["mapped"] = "198.51.100.7:40000"  # what a NAT had mapped; now it maps differently
     moved = JournalEntry(entry.id, entry.method, entry.kind, data, expires=entry.expires)
     method = RelayMethod(load_config(table(coturn)))
-    with pytest.raises(MethodError, match="mapping changed.*expires at"):
+    with pytest.raises(MethodError, match=r"mapping changed.*expires at"):
         await method.cleanup(moved, AttemptContext(TraversalRequest(), "relay"))
     await method.cleanup(entry, AttemptContext(TraversalRequest(), "relay"))  # tidy up
 
