@@ -1,8 +1,15 @@
-"""Shared fixtures: the anyio backends and a private coturn on loopback."""
+"""Shared fixtures: the anyio backends and private coturn servers on loopback.
+
+coturn is a system package the lab installs (``lab/install-deps.sh``, run by ``make test``);
+without it the coturn tests fail with a message saying so: they are never skipped silently."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
+from nattrav_stun.testing import Coturn, coturn_available, run_coturn
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -11,19 +18,18 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-from collections.abc import Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from nattrav_stun.testing import Coturn, coturn_available, run_coturn  # noqa: E402
-
-needs_coturn = pytest.mark.skipif(not coturn_available(), reason="coturn is not installed")
+def require_coturn() -> None:
+    if not coturn_available():
+        pytest.fail(
+            "these tests run against a real coturn: install it with `bash lab/install-deps.sh`",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="module")
 def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
     """coturn on loopback with RFC 5780 (127.0.0.1 and 127.0.0.2, port and port + 1)."""
-    if not coturn_available():
-        pytest.skip("coturn is not installed")
+    require_coturn()
     with run_coturn(tmp_path_factory.mktemp("coturn"), alt_host="127.0.0.2") as server:
         yield server
 
@@ -31,9 +37,9 @@ def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
 @pytest.fixture(scope="module")
 def coturn_secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
     """coturn that challenges Binding requests (long-term credentials), with TLS."""
-    if not coturn_available():
-        pytest.skip("coturn is not installed")
-    trustme = pytest.importorskip("trustme")
+    require_coturn()
+    import trustme
+
     directory: Path = tmp_path_factory.mktemp("coturn-secure")
     ca = trustme.CA()
     cert = ca.issue_cert("localhost", "127.0.0.1")

@@ -155,10 +155,8 @@ async def test_loopback_coturn_is_no_nat_and_open(coturn: Coturn) -> None:
 async def test_server_without_rfc5780_gives_unknown_with_reason(
     tmp_path: Path,
 ) -> None:
-    from nattrav_stun.testing import coturn_available, run_coturn
+    from nattrav_stun.testing import run_coturn
 
-    if not coturn_available():
-        pytest.skip("coturn is not installed")
     with run_coturn(tmp_path) as server:  # one listening IP: no OTHER-ADDRESS
         behaviour = await discover_nat_behaviour(server.uri, window=0.3)
     report = behaviour.to_json()
