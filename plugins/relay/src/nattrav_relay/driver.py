@@ -384,6 +384,15 @@ class RelayEndpoint:
         await self._pump()
         await self._await_all(waiters, timeout, "permission")
 
+    async def check(self) -> None:
+        """Refresh now: a liveness check (after a network change, or when a peer went quiet).
+        If the server no longer has the allocation, it is re-created as usual (``LOST``, then
+        ``CHANGED``)."""
+        client = self._client
+        assert client is not None
+        client.refresh(anyio.current_time())
+        await self._pump()
+
     async def bind(
         self, peer: TransportAddress | tuple[str, int] | str, timeout: float = 5.0
     ) -> int:
