@@ -317,3 +317,13 @@ async def test_tcp_challenge_and_answer_race_regression(coturn_secure: Coturn) -
         async with StunClient.open(ClientSettings(credentials=creds, timers=FAST)) as client:
             result = await client.binding(f"stun:127.0.0.1:{coturn_secure.port}?transport=tcp")
             assert result.authenticated and result.transport == "tcp"
+
+
+async def test_local_send_error_fails_the_transaction(settings: ClientSettings) -> None:
+    """A hard local error (here: broadcast without SO_BROADCAST) ends the transaction at
+    once, as a hard ICMP error would, instead of escaping as an OSError."""
+    from nattrav_stun.events import TransactionFailed
+
+    async with StunClient.open(settings) as client:
+        event = await client.exchange_udp(c.Address("255.255.255.255", 3478))
+    assert isinstance(event, TransactionFailed) and "cannot send" in event.reason

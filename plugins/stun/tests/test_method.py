@@ -168,3 +168,34 @@ async def test_keepalive_indications_and_mapping_change_events(
             server.silent = False
             await anyio.sleep(0.45)
             assert events[-1].kind is LeaseEventKind.RECOVERED
+
+
+async def test_dual_stack_server_name_reports_both_families(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name with A and AAAA records is asked over both families; IPv6 leads (RFC 8305
+    order) and the IPv4 mapping comes in ``also``. No name here has both records (no DNS,
+    ``localhost`` is IPv4 only), so resolution is replaced for one made-up name."""
+    from pathlib import Path
+
+    from nattrav_stun import method as method_module
+    from nattrav_stun.testing import run_coturn
+
+    with run_coturn(Path(str(tmp_path)), extra=["-L", "::1"]) as server:
+
+        async def fake_resolve(host: str, port: int, families: frozenset[int]) -> list[c.Address]:
+            assert host == "dual.test"
+            return [c.Address("::1", port), c.Address("127.0.0.1", port)]
+
+        monkeypatch.setattr(method_module, "resolve", fake_resolve)
+        async with DatagramMux.open(0) as mux:
+            if mux.families != {4, 6}:
+                pytest.fail(f"this host cannot bind IPv4 and IPv6 on one port: {mux.families}")
+            ctx = AttemptContext(TraversalRequest(port=mux.port), "stun", sockets=mux)
+            async with method(servers=[f"dual.test:{server.port}"]).acquire(ctx) as acquisition:
+                candidate, also = acquisition.candidate, acquisition.also
+    assert candidate.address.host == "::1" and candidate.address.port == mux.port
+    assert [(a.address.host, a.address.port) for a in also] == [("127.0.0.1", mux.port)]
+    assert sorted(s["address"] for s in candidate.details["servers"]) == sorted(
+        [f"[::1]:{server.port}", f"127.0.0.1:{server.port}"]
+    )

@@ -785,9 +785,14 @@ class StunClient:
                 outgoing = machine.datagrams_to_send()
                 while outgoing:
                     self._track(machine, pending)
-                    for data, address in outgoing:
-                        if not endpoint.send_now(data, address):
-                            await endpoint.send(data, address)
+                    try:
+                        for data, address in outgoing:
+                            if not endpoint.send_now(data, address):
+                                await endpoint.send(data, address)
+                    except OSError as exc:
+                        # A local hard error (no route, address family unsupported...)
+                        # fails the transaction, as a hard ICMP error would (§6.2.1).
+                        machine.transport_failed(f"cannot send to {outgoing[0][1]}: {exc}")
                     outgoing = machine.datagrams_to_send()
                 event = machine.next_event()
                 if event is not None:
@@ -858,9 +863,14 @@ class StunClient:
                 outgoing = machine.datagrams_to_send()
                 while outgoing:
                     self._track(machine, pending)
-                    for data, address in outgoing:
-                        if not endpoint.send_now(data, address):
-                            await endpoint.send(data, address)
+                    try:
+                        for data, address in outgoing:
+                            if not endpoint.send_now(data, address):
+                                await endpoint.send(data, address)
+                    except OSError as exc:
+                        # A local hard error (no route, address family unsupported...)
+                        # fails the transaction, as a hard ICMP error would (§6.2.1).
+                        machine.transport_failed(f"cannot send to {outgoing[0][1]}: {exc}")
                     outgoing = machine.datagrams_to_send()
                 event = machine.next_event()
                 if event is not None:

@@ -50,6 +50,7 @@ from nattrav_stun.driver import (
     StunClient,
     StunError,
     local_address_toward,
+    resolve,
 )
 from nattrav_stun.events import AuthenticationFailed, BindingResult, TimedOut
 from nattrav_stun.uri import ServerAddress
@@ -91,8 +92,26 @@ async def query_servers(
     ctx: AttemptContext | None = None,
 ) -> list[ServerAnswer]:
     """Ask every server at once; after the first answer wait at most ``wait_after_first``
-    for the others. Per-server circuit breakers (``stun:<server>``) skip dead servers."""
-    answers: dict[int, ServerAnswer] = {}
+    for the others. A server name with addresses of both families is asked over each (IPv6
+    first), so the other family's mapping is reported too. Per-server circuit breakers
+    (``stun:<server>``) skip dead servers."""
+    targets: list[tuple[ServerAddress, Address | ServerAddress]] = []
+    resolution: dict[int, ServerAnswer] = {}
+    for server in servers:
+        if server.is_literal:
+            targets.append((server, server))
+            continue
+        try:
+            addresses = await resolve(server.host, server.port, families)
+        except StunError as exc:
+            resolution[len(targets)] = ServerAnswer(server, error=exc.event.describe())
+            targets.append((server, server))
+            continue
+        for family in (6, 4):
+            first_of_family = next((a for a in addresses if a.family == family), None)
+            if first_of_family is not None:
+                targets.append((server, first_of_family))
+    answers: dict[int, ServerAnswer] = dict(resolution)
     first = anyio.Event()
 
     async with anyio.create_task_group() as tg:
@@ -101,10 +120,10 @@ async def query_servers(
             answers[index] = answer
             if answer.result is not None:
                 first.set()
-            if len(answers) == len(servers):
+            if len(answers) == len(targets):
                 tg.cancel_scope.cancel()
 
-        async def ask(index: int, server: ServerAddress) -> None:
+        async def ask(index: int, server: ServerAddress, target: Address | ServerAddress) -> None:
             key = f"stun:{server.hostport}"
             breaker = ctx.breakers.get(key) if ctx and ctx.breakers else None
             if breaker is not None and not breaker.allow():
@@ -113,9 +132,9 @@ async def query_servers(
             try:
                 if ctx is not None and ctx.telemetry is not None:
                     with ctx.telemetry.span("stun.binding", server=str(server)):
-                        result = await client.binding(server, endpoint=endpoint, families=families)
+                        result = await client.binding(target, endpoint=endpoint, families=families)
                 else:
-                    result = await client.binding(server, endpoint=endpoint, families=families)
+                    result = await client.binding(target, endpoint=endpoint, families=families)
             except StunError as exc:
                 if breaker is not None:
                     breaker.failure()
@@ -135,8 +154,11 @@ async def query_servers(
             await anyio.sleep(wait_after_first)
             tg.cancel_scope.cancel()
 
-        for index, server in enumerate(servers):
-            tg.start_soon(ask, index, server)
+        if len(answers) == len(targets):
+            tg.cancel_scope.cancel()
+        for index, (server, target) in enumerate(targets):
+            if index not in answers:
+                tg.start_soon(ask, index, server, target)
         tg.start_soon(stop_after_first)
     return [answers[i] for i in sorted(answers)]
 
