@@ -398,6 +398,25 @@ class Agent:
         pair = self.pairs.get((route, source))
         return pair is not None and (pair is self.selected or pair.state is PairState.SUCCEEDED)
 
+    def claims(self, data: bytes) -> bool:
+        """Cheap demultiplexing test for a shared port: a Binding request for our ufrag, or an
+        answer to one of our checks. Says nothing about validity (``receive`` decides)."""
+        if not is_stun(data):
+            return False
+        mtype = (data[0] << 8) | data[1]
+        if mtype & 0x3EEF != BINDING:
+            return False
+        if mtype & 0x0110 == 0x0000:  # request
+            try:
+                msg = decode(data)
+            except ParseError:
+                return False
+            username = msg.get(USERNAME)
+            return isinstance(username, str) and username.startswith(self.ufrag + ":")
+        if mtype & 0x0110 == 0x0010:  # indication: a keepalive from the peer, if anyone's
+            return False
+        return data[8:20] in self._pending
+
     def receive(self, data: bytes, source: TransportAddress, route: str, now: float) -> bool:
         """Process a datagram; ``True`` when it was a check or an answer for this agent."""
         if self.done or not is_stun(data):
