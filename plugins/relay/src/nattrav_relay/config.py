@@ -15,6 +15,7 @@ in one pass. Example::
     channels = true                     # ChannelData (4-byte header) instead of Send/Data
     ca_file = "/etc/ssl/turn-ca.pem"    # trust for turns: servers (default: the system store)
     self_test = true                    # prove inbound by relaying a datagram to ourselves
+    transport_fallback = true           # turn: URIs without ?transport=: UDP, then TCP
     timeout = 8.0                       # per server allocation attempt (s)
 
     [[plugins.relay.servers]]           # or tables, with per-server settings
@@ -40,7 +41,7 @@ import cattrs
 from cattrs.gen import make_dict_structure_fn
 from nattrav.errors import ConfigError
 
-__all__ = ["RelayConfig", "ServerConfig", "load_config", "parse_turn_uri"]
+__all__ = ["RelayConfig", "ServerConfig", "fallback_uri", "load_config", "parse_turn_uri"]
 
 PLUGIN = "relay"
 Families = Literal["auto", "ipv4", "ipv6", "dual"]
@@ -78,6 +79,7 @@ class RelayConfig:
     server_name: str | None = None
     self_test: bool = True
     self_test_window: float = 1.0
+    transport_fallback: bool = True
     timeout: float = 8.0
     rto: float = 0.5
     rc: int = 7
@@ -128,6 +130,19 @@ def parse_turn_uri(text: str) -> Any:
             f"{text!r} is a {address.scheme}: URI; a TURN server needs turn: or turns:"
         )
     return address
+
+
+def fallback_uri(uri: str) -> str | None:
+    """``turn:H:P?transport=tcp`` for a ``turn:`` URI without a transport, else ``None``."""
+    if "transport=" in uri:
+        return None
+    try:
+        address = parse_turn_uri(uri)
+    except ValueError:
+        return None
+    if address.scheme != "turn":
+        return None
+    return f"turn:{address.hostport}?transport=tcp"
 
 
 def _check(cfg: RelayConfig) -> list[str]:

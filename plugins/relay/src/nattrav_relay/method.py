@@ -40,6 +40,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import attrs
 from nattrav.errors import MethodError, MethodUnavailable
 from nattrav.journal import JournalEntry
 from nattrav.method import Acquisition, AttemptContext
@@ -54,7 +55,7 @@ from nattrav.models import (
 )
 from nattrav_stun.auth import LongTermCredentials, PasswordAlgorithm
 
-from nattrav_relay.config import RelayConfig, ServerConfig, parse_turn_uri
+from nattrav_relay.config import RelayConfig, ServerConfig, fallback_uri, parse_turn_uri
 from nattrav_relay.credentials import CredentialProvider, CredentialSource
 from nattrav_relay.driver import RelayEndpoint, RelayError, allocate, release_orphan
 from nattrav_relay.transport import Opener
@@ -133,10 +134,13 @@ class RelayMethod:
         lifetime = int(min(self.config.lifetime or 600, ctx.request.lifetime))
         failures: list[str] = []
         retryable = False
+        skip: set[str] = set()
         async with AsyncExitStack() as stack:
             endpoint: RelayEndpoint | None = None
             server: ServerConfig | None = None
-            for server in self.config.servers:
+            for server in self.attempts():
+                if server.uri in skip:
+                    continue
                 reason = self.book.blocked(server.uri)
                 if reason is not None:
                     failures.append(f"{server.uri}: not used again ({reason})")
@@ -157,6 +161,9 @@ class RelayMethod:
                         self.book.block(server.uri, str(exc))
                     failures.append(str(exc))
                     retryable = retryable or exc.retryable
+                    if not exc.retryable:
+                        # The server answered and said no: another transport will not help.
+                        skip.add(fallback_uri(server.uri) or "")
                     continue
                 if breaker is not None:
                     breaker.success()
@@ -172,6 +179,18 @@ class RelayMethod:
                 for address in endpoint.relayed_addresses
             ]
             yield Acquisition(candidates[0], channel=endpoint, also=tuple(candidates[1:]))
+
+    def attempts(self) -> list[ServerConfig]:
+        """The servers in order; a ``turn:`` URI that names no transport is tried over UDP
+        and then, if UDP got no answer (UDP blocked, "408 -> try another transport" in
+        hostile-inputs' faults), over TCP on the same port (``transport_fallback``)."""
+        out: list[ServerConfig] = []
+        for server in self.config.servers:
+            out.append(server)
+            fallback = fallback_uri(server.uri) if self.config.transport_fallback else None
+            if fallback is not None:
+                out.append(attrs.evolve(server, uri=fallback))
+        return out
 
     async def _allocate(
         self, ctx: AttemptContext, server: ServerConfig, families: tuple[int, ...], lifetime: int

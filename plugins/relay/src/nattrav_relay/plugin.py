@@ -48,8 +48,20 @@ def nattrav_register_methods(registry: MethodRegistry, config: Mapping[str, Any]
         kind=CandidateKind.RELAYED,
         description="TURN relay (RFC 8656) over UDP/TCP/TLS: reachable by permitted peers",
         transports=frozenset({Transport.UDP}),
-        timeout=cfg.timeout + (cfg.self_test_window if cfg.self_test else 0.0) + 2.0,
+        timeout=_budget(cfg),
     )
+
+
+def _budget(cfg: Any) -> float:
+    """The chain's per-try deadline: every server (and its TCP fallback) may take
+    ``timeout``, then the self-test its window."""
+    from nattrav_relay.config import fallback_uri
+
+    tries = 0
+    for server in cfg.servers:
+        tries += 2 if cfg.transport_fallback and fallback_uri(server.uri) else 1
+    window = cfg.self_test_window if cfg.self_test else 0.0
+    return float(cfg.timeout * max(1, tries) + window + 2.0)
 
 
 def _table(raw: dict[str, Any]) -> dict[str, Any]:
