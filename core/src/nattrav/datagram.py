@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import anyio
-import anyio.abc
+import anyio.lowlevel
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -85,17 +85,15 @@ class DatagramMux:
     """UDP sockets (IPv4 and/or IPv6) on one port, demultiplexed by classifier.
 
     Use ``async with DatagramMux.open(port) as mux``; ``mux.app`` is the application's channel.
+
+    I/O runs on the non-blocking OS sockets directly (``anyio.wait_readable`` and
+    ``recvfrom_into`` a reused buffer; ``sendto`` first, waiting for writability only when the
+    kernel buffer is full). That is the fast path on every backend: stock asyncio's datagram
+    transport allocates a 256 KiB buffer per datagram, and concurrent senders need no lock.
     """
 
-    def __init__(
-        self,
-        sockets: dict[int, anyio.abc.UDPSocket],
-        port: int,
-        queue: int,
-        raw: dict[int, socket.socket] | None = None,
-    ) -> None:
-        self._sockets = sockets
-        self._raw = raw or {}
+    def __init__(self, raw: dict[int, socket.socket], port: int, queue: int) -> None:
+        self._raw = raw
         self.port = port
         self._queue = queue
         self._subs: list[Subscription] = []
@@ -103,10 +101,11 @@ class DatagramMux:
         self.app = _AppChannel(self)
         self.app_dropped = 0
         self.received = 0
+        self.send_errors = 0
 
     @property
     def families(self) -> frozenset[int]:
-        return frozenset(self._sockets)
+        return frozenset(self._raw)
 
     def raw_socket(self, family: int) -> socket.socket:
         """The OS socket of ``family``, for socket options and the error queue (PMTUD).
@@ -116,9 +115,8 @@ class DatagramMux:
         return self._raw[family]
 
     def local_address(self, family: int) -> TransportAddress:
-        address = self._sockets[family].extra(anyio.abc.SocketAttribute.local_address)
-        assert isinstance(address, tuple)
-        return TransportAddress(str(address[0]), int(address[1]))
+        address = self._raw[family].getsockname()
+        return TransportAddress(str(address[0]).split("%", 1)[0], int(address[1]))
 
     @classmethod
     @asynccontextmanager
@@ -146,23 +144,22 @@ class DatagramMux:
             if not raw:
                 raise MethodUnavailable("socket", "cannot bind UDP: " + "; ".join(errors))
             bound_port = next(iter(raw.values())).getsockname()[1]
-            wrapped = {fam: await anyio.abc.UDPSocket.from_socket(s) for fam, s in raw.items()}
         except BaseException:
             for s in raw.values():
                 s.close()
             raise
-        mux = cls(wrapped, bound_port, queue, raw)
+        mux = cls(raw, bound_port, queue)
         try:
             with single_errors():
                 async with anyio.create_task_group() as tg:
-                    for sock in wrapped.values():
+                    for sock in raw.values():
                         tg.start_soon(mux._reader, sock)
                     yield mux
                     tg.cancel_scope.cancel()
         finally:
-            for sock in wrapped.values():
-                with suppress(Exception):
-                    await sock.aclose()
+            for sock in raw.values():
+                anyio.notify_closing(sock)
+                sock.close()
             mux._app_send.close()
             mux._app_recv.close()
             for sub in mux._subs:
@@ -193,26 +190,47 @@ class DatagramMux:
             self.unsubscribe(sub)
 
     async def send_to(self, data: bytes, peer: TransportAddress | tuple[str, int]) -> None:
+        """Send from the shared port; safe to call from many tasks at once."""
         if isinstance(peer, TransportAddress):
             host, port, fam = peer.host, peer.port, peer.family
         else:
             host, port = peer
             fam = 6 if ":" in host else 4
-        sock = self._sockets.get(fam)
+        sock = self._raw.get(fam)
         if sock is None:
             raise NatTravError(f"no IPv{fam} socket on port {self.port} to reach {host}")
-        await sock.sendto(data, host, port)
+        await anyio.lowlevel.checkpoint()
+        for _ in range(3):
+            try:
+                sock.sendto(data, (host, port))
+                return
+            except BlockingIOError:
+                await anyio.wait_writable(sock)
+            except (ConnectionRefusedError, ConnectionResetError):
+                # An ICMP error from an earlier datagram surfaced here; this one is unsent.
+                self.send_errors += 1
+        sock.sendto(data, (host, port))
 
-    async def _reader(self, sock: anyio.abc.UDPSocket) -> None:
+    async def _reader(self, sock: socket.socket) -> None:
+        buffer = bytearray(65536)
+        view = memoryview(buffer)
+        recv_into = sock.recvfrom_into
         while True:
             try:
-                data, addr = await sock.receive()
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                await anyio.wait_readable(sock)
+            except (anyio.ClosedResourceError, OSError):
                 return
-            except OSError:
-                # ICMP errors surface as ECONNREFUSED on the next receive: not fatal to the port.
-                continue
-            self._dispatch(data, addr)
+            # Drain what is queued (bounded, so one busy socket cannot starve the loop).
+            for _ in range(64):
+                try:
+                    size, addr = recv_into(buffer)
+                except BlockingIOError:
+                    break
+                except (ConnectionRefusedError, ConnectionResetError):
+                    continue  # ICMP port unreachable for an earlier send: not fatal
+                except OSError:
+                    return
+                self._dispatch(bytes(view[:size]), addr)
 
     def _dispatch(self, data: bytes, addr: Any) -> None:
         self.received += 1
