@@ -89,8 +89,9 @@ async def test_send_indications_when_channels_are_off(coturn: Coturn) -> None:
         assert ep.stats.indication_packets_received == 2
 
 
-async def test_ipv6_relay(coturn: Coturn) -> None:
-    async with allocate(**relay_args(coturn, "udp", "::1"), families=(6,)) as ep:
+@pytest.mark.parametrize("transport", ["udp", "tcp", "tls"])
+async def test_ipv6_relay(coturn: Coturn, transport: str) -> None:
+    async with allocate(**relay_args(coturn, transport, "::1"), families=(6,)) as ep:
         assert ep.relayed.host == "::1"
         assert ep.server_address is not None and ep.server_address.host == "::1"
         async with peer_socket("::1") as peer:
@@ -263,14 +264,28 @@ async def test_the_journal_holds_the_allocation_while_it_lives(
     assert journal.entries() == []
 
 
-async def test_event_stream_and_describe(coturn: Coturn) -> None:
+async def test_event_stream_check_and_describe(coturn: Coturn) -> None:
     async with allocate(**relay_args(coturn)) as ep:
         async with ep.events() as stream:
             await ep.permit("127.0.0.3")
+            await ep.check()  # a Refresh now
+            with anyio.fail_after(3):
+                event = await stream.receive()
+            assert event.kind is LeaseEventKind.RENEWED and event.endpoint == ep.relayed
             info = ep.describe()
             assert info["relayed"] == [str(ep.relayed)] and "127.0.0.3" in info["permissions"]
             assert info["stats"]["permissions_created"] == 1
-        del stream
+            assert info["stats"]["refreshes"] == 1
+
+
+async def test_without_recovery_a_lost_allocation_ends_the_body(tmp_path: Path) -> None:
+    with run_coturn(tmp_path) as server:
+        with pytest.raises(RelayError, match="allocation lost"):
+            async with allocate(**relay_args(server), recover=False) as ep:
+                await anyio.to_thread.run_sync(server.restart)
+                await ep.check()
+                await anyio.sleep(10)
+                pytest.fail("the loss went unnoticed")
 
 
 async def test_send_to_a_family_without_relay_is_an_error(coturn: Coturn) -> None:
