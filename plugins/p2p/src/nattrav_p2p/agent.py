@@ -65,6 +65,7 @@ from collections import deque
 from collections.abc import Iterable
 
 import attrs
+from nattrav.addresses import is_public
 from nattrav.errors import LocalProtocolError, ParseError
 from nattrav.models import CandidateKind, Transport, TransportAddress
 from nattrav_stun.auth import IntegrityCheck
@@ -93,6 +94,7 @@ from nattrav_stun.events import ErrorResponse, SuccessResponse
 from nattrav_stun.transaction import StunTransaction
 
 from nattrav_p2p.candidates import (
+    MUX_ROUTE,
     IceCandidate,
     candidate_priority,
     foundation_of,
@@ -113,6 +115,28 @@ from nattrav_p2p.events import (
 )
 
 __all__ = ["Agent", "AgentStats", "Pair", "PairState", "Transmit"]
+
+
+def _dominant_kind(kinds: list[CandidateKind]) -> CandidateKind:
+    """The kind that explains an address found under several kinds: a gateway mapping and
+    a server-reflexive address that coincide (port preserved) mean the mapping is what lets
+    unsolicited traffic in, so it is reported as mapped."""
+    if CandidateKind.PORT_MAPPED in kinds and CandidateKind.HOST not in kinds:
+        return CandidateKind.PORT_MAPPED
+    return max(kinds, key=lambda k: -k.preference)
+
+
+def _merge_same_address(candidates: Iterable[IceCandidate]) -> list[IceCandidate]:
+    """One candidate per address, highest priority first, with the dominant kind."""
+    groups: dict[TransportAddress, list[IceCandidate]] = {}
+    for cand in candidates:
+        groups.setdefault(cand.address, []).append(cand)
+    out = []
+    for group in groups.values():
+        best = max(group, key=lambda c: c.priority)
+        kind = _dominant_kind([c.kind for c in group])
+        out.append(best if kind is best.kind else attrs.evolve(best, kind=kind))
+    return sorted(out, key=lambda c: -c.priority)
 
 
 class PairState(enum.Enum):
@@ -279,7 +303,7 @@ class Agent:
         self._remote_key = IntegrityKey(pwd.encode())
         self.checks_started_at = now
         self._last_progress = now
-        for cand in sorted(candidates, key=lambda c: -c.priority):
+        for cand in _merge_same_address(candidates):
             self._add_remote(cand)
         self._initial_states()
         early, self._early = self._early, []
@@ -331,11 +355,17 @@ class Agent:
             return pair_priority(local.priority, remote.priority)
         return pair_priority(remote.priority, local.priority)
 
-    def _add_pair(self, local: IceCandidate, remote: IceCandidate, *, force: bool = False) -> Pair:
+    def _add_pair(
+        self, local: IceCandidate, remote: IceCandidate, *, force: bool = False
+    ) -> Pair | None:
         key = (local.route, remote.address)
         existing = self.pairs.get(key)
         if existing is not None:
             return existing
+        if local.route != MUX_ROUTE and not is_public(remote.address.host):
+            # A relay sits on the internet: a private peer address means nothing there, and
+            # a TURN server refuses permissions for it (coturn answers 403).
+            return None
         if local.kind in (CandidateKind.SERVER_REFLEXIVE, CandidateKind.PORT_MAPPED):
             base = self._local_for(local.route, local.family)
             local = base or local
@@ -527,6 +557,8 @@ class Agent:
             if local is None:
                 return
             pair = self._add_pair(local, remote, force=True)
+            if pair is None:
+                return
         if use:
             pair.nominate_on_success = True
         if pair.state is PairState.SUCCEEDED:
@@ -718,11 +750,12 @@ class Agent:
     def _make_path(self, pair: Pair, how: str) -> Path:
         local_kind = pair.local.kind
         if pair.local.kind is not CandidateKind.RELAYED and pair.seen_as is not None:
-            local_kind = CandidateKind.PEER_REFLEXIVE
-            for cand in self.local_candidates:
-                if cand.address == pair.seen_as and cand.route == pair.route:
-                    local_kind = cand.kind
-                    break
+            seen = [
+                c.kind
+                for c in self.local_candidates
+                if c.address == pair.seen_as and c.route == pair.route
+            ]
+            local_kind = _dominant_kind(seen) if seen else CandidateKind.PEER_REFLEXIVE
         return Path(
             local=pair.local.address,
             remote=pair.remote.address,

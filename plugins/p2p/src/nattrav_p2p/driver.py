@@ -41,7 +41,7 @@ import anyio.abc
 import anyio.lowlevel
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from nattrav.addresses import AddressScope, scope_of
+from nattrav.addresses import is_public
 from nattrav.errors import NatTravError
 from nattrav.models import CandidateKind, TransportAddress
 from nattrav.taskgroups import single_errors
@@ -127,6 +127,10 @@ class _Pump:
 
     async def flush(self) -> None:
         for tx in self.agent.datagrams_to_send():
+            if log.isEnabledFor(logging.DEBUG) and tx.route != MUX_ROUTE:
+                log.debug(
+                    "p2p: sending %d bytes to %s on %s", len(tx.data), tx.destination, tx.route
+                )
             await self._send_on(tx.route, tx.data, tx.destination)
         while (event := self.agent.next_event()) is not None:
             self._on_event(event)
@@ -153,7 +157,7 @@ class _Pump:
             # A family without a route, an unreachable network, a relay being re-created:
             # the check times out like a lost packet would.
             self.stats.send_errors += 1
-            log.debug("p2p: send to %s over %s failed: %s", destination, route, exc)
+            log.info("p2p: send to %s over %s failed: %s", destination, route, exc)
 
     def _on_event(self, event: AgentEvent) -> None:
         self.history.append(event)
@@ -168,6 +172,11 @@ class _Pump:
         elif isinstance(event, RoleChanged):
             log.debug("p2p: role changed: %s", event.reason)
         elif isinstance(event, Failed):
+            log.info(
+                "p2p: failed (%s); pairs: %s",
+                event.reason,
+                "; ".join(p.describe() for p in self.agent.ordered_pairs()),
+            )
             self.failure = event.reason
             self.finished.set()
             self.selected.set()  # wake a waiting connect
@@ -198,6 +207,8 @@ class _Pump:
 
     async def read_mux(self, subscription: Any) -> None:
         async for data, source in subscription:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("p2p: check traffic from %s on the app port", source)
             self.agent.receive(data, source, MUX_ROUTE, anyio.current_time())
             await self.flush()
 
@@ -217,6 +228,8 @@ class _Pump:
                 log.info("p2p: relay channel %s ended: %s", route, exc)
                 return
             if self.agent.claims(data):
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("p2p: check traffic from %s on %s", source, route)
                 self.agent.receive(data, source, route, anyio.current_time())
                 await self.flush()
             else:
@@ -377,13 +390,8 @@ async def _receive_description(signal: Any, expect: str, timeout: float) -> Desc
 
 async def _permit(channels: Mapping[str, Any], remote: Iterable[IceCandidate]) -> None:
     """Let the peer's checks reach our relayed addresses before ours reach it (best effort)."""
-    ips = sorted(
-        {
-            c.address.host
-            for c in remote
-            if scope_of(c.address.host) not in (AddressScope.LOOPBACK, AddressScope.LINK_LOCAL)
-        }
-    )
+    # Only public addresses: a TURN server refuses permissions for private ones (coturn 403).
+    ips = sorted({c.address.host for c in remote if is_public(c.address.host)})
     for channel in channels.values():
         permit = getattr(channel, "permit", None)
         if permit is None:

@@ -28,9 +28,11 @@ __all__ = [
     "BLOB_PREFIX",
     "MemorySignal",
     "PasteSignal",
+    "ThreadSignal",
     "decode_blob",
     "encode_blob",
     "memory_signal_pair",
+    "thread_signal_pair",
 ]
 
 BLOB_PREFIX = "nattrav-p2p:"
@@ -147,3 +149,43 @@ async def _stdin_line() -> str:
 
     line: str = await anyio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
     return line
+
+
+class ThreadSignal:
+    """One end of a signal between two threads (each running its own event loop).
+
+    Waits poll a ``queue.Queue`` from a worker thread in short slices, so a cancelled wait
+    leaves no thread blocked forever.
+    """
+
+    def __init__(self, outbox: Any, inbox: Any) -> None:
+        self._outbox = outbox
+        self._inbox = inbox
+
+    async def send(self, message: Mapping[str, Any]) -> None:
+        self._outbox.put(json.dumps(dict(message)))
+
+    async def receive(self) -> Mapping[str, Any]:
+        import queue
+
+        while True:
+            try:
+                text = self._inbox.get_nowait()
+            except queue.Empty:
+                try:
+                    text = await anyio.to_thread.run_sync(self._inbox.get, True, 0.1)
+                except queue.Empty:
+                    continue
+            value = json.loads(text)
+            if not isinstance(value, dict):
+                raise SignalError("signal carried something that is not an object")
+            return value
+
+
+def thread_signal_pair() -> tuple[ThreadSignal, ThreadSignal]:
+    """Two connected signals for peers in two threads of one process."""
+    import queue
+
+    a_to_b: queue.Queue[str] = queue.Queue()
+    b_to_a: queue.Queue[str] = queue.Queue()
+    return ThreadSignal(a_to_b, b_to_a), ThreadSignal(b_to_a, a_to_b)
