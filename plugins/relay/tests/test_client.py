@@ -554,3 +554,18 @@ def test_events_and_state_after_loss_allow_a_new_allocation() -> None:
     assert isinstance(event, AllocationLost) and event.code == 437
     second = allocated(h, relayed=(("192.0.2.10", 50100),))
     assert second.generation == 2 and second.relayed == (Address("192.0.2.10", 50100),)
+
+
+def test_after_a_loss_nothing_is_framed_for_the_old_channels() -> None:
+    h = Harness()
+    allocated(h)
+    bound(h)
+    h.client.permit("203.0.113.77", h.now)  # sticky: it comes back with the next allocation
+    h.reply(h.server.success(h.one()))
+    h.advance(540.0)
+    h.reply(h.server.error(h.one(), 437, "Allocation Mismatch"))
+    assert h.client.send(PEER, b"into the void", 541.0) is None
+    assert h.client.stats.discarded["send without an allocation"] == 1
+    assert h.reply(b"\x40\x00\x00\x01z") is None  # the old channel means nothing now
+    assert list(h.client.permissions) == ["203.0.113.77"]
+    assert not h.client.has_permission("203.0.113.77")

@@ -573,6 +573,7 @@ class TurnClient:
         self._cancel_requests()
         self.state = State.DELETING
         self._drop_queues()
+        self._forget_bindings()
         self._request(_Kind.DELETE, REFRESH, {LIFETIME: 0}, now)
 
     def delete_orphan(self, now: float) -> None:
@@ -654,9 +655,20 @@ class TurnClient:
         margin = self.settings.refresh_margin
         self.refresh_at = now + max(lifetime - margin, lifetime / 2)
 
+    def _forget_bindings(self) -> None:
+        # The server's permissions and channels went with the allocation: stop framing data
+        # for them (the fast path of send() looks only at ``channels``). Sticky permissions
+        # are re-created by the next allocation.
+        self.channels = {}
+        self._by_number = {}
+        self.permissions = {
+            ip: Permission(ip, sticky=True) for ip, p in self.permissions.items() if p.sticky
+        }
+
     def _lose(self, reason: str, code: int | None) -> None:
         self._cancel_requests()
         self._drop_queues()
+        self._forget_bindings()
         self.state = State.LOST
         # The server may have restarted: its nonce is not ours any more. Start the next
         # Allocate with a fresh challenge instead of a signed request it would refuse.
@@ -1231,6 +1243,7 @@ class TurnClient:
             self._lost_after_delete = reason
             self._cancel_requests()
             self._drop_queues()
+            self._forget_bindings()
             self.state = State.DELETING
             self._request(_Kind.DELETE, REFRESH, {LIFETIME: 0}, now)
             return

@@ -35,7 +35,7 @@ import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
 from typing import Any
 
 import anyio
@@ -150,9 +150,10 @@ class RelayMethod:
                     failures.append(f"{server.uri}: circuit breaker open")
                     continue
                 try:
-                    endpoint = await stack.enter_async_context(
-                        await self._allocate(ctx, server, families, lifetime)
-                    )
+                    with _span(ctx, server):
+                        endpoint = await stack.enter_async_context(
+                            await self._allocate(ctx, server, families, lifetime)
+                        )
                 except RelayError as exc:
                     if breaker is not None:
                         breaker.failure()
@@ -363,6 +364,13 @@ class RelayMethod:
             )
         except (RelayError, ValueError) as exc:
             raise MethodError(NAME, f"{exc}{expires}") from exc
+
+
+def _span(ctx: AttemptContext, server: ServerConfig) -> Any:
+    """A telemetry span around one server's allocation (a no-op without telemetry)."""
+    if ctx.telemetry is None:
+        return nullcontext()
+    return ctx.telemetry.span("nattrav.relay.allocate", server=server.uri)
 
 
 def _probe_socket(family: int) -> socket.socket:
