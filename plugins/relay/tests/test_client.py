@@ -563,7 +563,8 @@ def test_after_a_loss_nothing_is_framed_for_the_old_channels() -> None:
     h.client.permit("203.0.113.77", h.now)  # sticky: it comes back with the next allocation
     h.reply(h.server.success(h.one()))
     h.advance(540.0)
-    h.reply(h.server.error(h.one(), 437, "Allocation Mismatch"))
+    [refresh] = [m for m in h.sent() if m.method == t.REFRESH]
+    h.reply(h.server.error(refresh, 437, "Allocation Mismatch"))
     assert h.client.send(PEER, b"into the void", 541.0) is None
     assert h.client.stats.discarded["send without an allocation"] == 1
     assert h.reply(b"\x40\x00\x00\x01z") is None  # the old channel means nothing now
