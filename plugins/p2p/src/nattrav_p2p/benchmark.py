@@ -84,7 +84,7 @@ def lab_config(
 
 
 async def _peer(signal: Any, role: str, config: Any, timeout: float) -> PeerResult:
-    import nattrav
+    from nattrav.connect import connect
     from nattrav.runtime import Runtime
 
     runtime = Runtime.load(config)
@@ -93,7 +93,8 @@ async def _peer(signal: Any, role: str, config: Any, timeout: float) -> PeerResu
     received: bytes | None = None
     acked = False
     with anyio.fail_after(timeout):
-        async with nattrav.connect(signal, role=role, runtime=runtime, gather_timeout=4.0) as conn:  # type: ignore[arg-type]
+        async with connect(signal, role=role, runtime=runtime, gather_timeout=4.0) as raw:  # type: ignore[arg-type]
+            conn: Any = raw
             total = anyio.current_time() - start
             done = anyio.Event()
 
@@ -119,7 +120,7 @@ async def _peer(signal: Any, role: str, config: Any, timeout: float) -> PeerResu
                 # Linger so the peer gets its acknowledgement too.
                 await anyio.sleep(0.3)
                 tg.cancel_scope.cancel()
-            stats = conn.stats()  # type: ignore[attr-defined]
+            stats = conn.stats()
             return PeerResult(
                 role=role,
                 site_role="",
