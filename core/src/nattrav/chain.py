@@ -372,6 +372,7 @@ class Chain:
             telemetry=self.telemetry,
             emit=emit,
             journal=self.journal,
+            pluginmanager=self.hooks.pluginmanager if self.hooks is not None else None,
         )
 
     async def _result(

@@ -44,6 +44,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 #: Hook names by group, for the listing and the documentation test.
 GROUPS: dict[str, tuple[str, ...]] = {
     "method": (
+        "nattrav_add_hookspecs",
         "nattrav_register_methods",
         "nattrav_adjust_chain",
         "nattrav_register_verifiers",
@@ -68,6 +69,21 @@ GROUPS: dict[str, tuple[str, ...]] = {
 }
 
 # --------------------------------------------------------------------------- method group
+
+
+@hookspec
+def nattrav_add_hookspecs(pluginmanager: pluggy.PluginManager) -> None:
+    """Add a plugin's own hookspecs, so other plugins can extend it (pytest's ``addhooks``).
+
+    Called once for the implementing plugin, right after it is registered and before its
+    registration hooks run. Methods reach those hooks through ``ctx.pluginmanager.hook``.
+    Example::
+
+        @hookimpl
+        def nattrav_add_hookspecs(pluginmanager):
+            from nattrav_relay import hookspecs
+            pluginmanager.add_hookspecs(hookspecs)
+    """
 
 
 @hookspec

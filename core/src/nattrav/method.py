@@ -59,6 +59,8 @@ class Acquisition:
 
     candidate: Candidate
     channel: DatagramChannel | None = None
+    #: The runtime's plugin manager, for hooks a plugin added with ``nattrav_add_hookspecs``.
+    pluginmanager: Any = None
     also: tuple[Candidate, ...] = ()
 
 
@@ -85,6 +87,8 @@ class AttemptContext:
     #: For path probes: the chosen endpoint's channel when its traffic does not flow over
     #: ``sockets`` (a relay allocation), so the path can be probed through it.
     channel: DatagramChannel | None = None
+    #: The runtime's plugin manager, for hooks a plugin added with ``nattrav_add_hookspecs``.
+    pluginmanager: Any = None
     logger: logging.Logger = attrs.field(factory=lambda: logging.getLogger("nattrav"))
 
 

@@ -203,6 +203,9 @@ class PluginHost:
         record.methods = [(m, self.methods[m].priority) for m in self.methods.names_of(name)]
 
     def _run_registration_hooks(self, name: str, plugin: object) -> None:
+        add_specs = getattr(plugin, "nattrav_add_hookspecs", None)
+        if add_specs is not None and _is_hookimpl(add_specs):
+            self._add_hookspecs(name, add_specs)
         table = self.config.plugin_table(name)
         for hook_name, (attr, _cls, with_config) in _REGISTRATION_HOOKS.items():
             impl = getattr(plugin, hook_name, None)
@@ -214,6 +217,25 @@ class PluginHost:
             if with_config:
                 kwargs["config"] = table
             _call_with_accepted(impl, kwargs)
+
+    def _add_hookspecs(self, name: str, add_specs: Callable[..., Any]) -> None:
+        """Let ``name`` add its hookspecs. A plugin registered earlier whose implementation
+        does not match a new spec is the broken one, not ``name``: drop it and go on."""
+        for _ in range(len(self.records) + 1):
+            try:
+                _call_with_accepted(add_specs, {"pluginmanager": self.pm})
+                return
+            except pluggy.PluginValidationError as exc:
+                culprit = self.pm.get_name(exc.plugin) if exc.plugin is not None else None
+                if culprit is None or culprit == name or culprit not in self.records:
+                    raise
+                record = self.records[culprit]
+                record.status = PluginStatus.BROKEN
+                record.error = f"does not match {name}'s hook: {exc}"
+                for attr, _cls, _cfg in _REGISTRATION_HOOKS.values():
+                    getattr(self, attr).drop_plugin(culprit)
+                self.pm.unregister(name=culprit)
+                log.warning("plugin %s is broken: %s", culprit, record.error)
 
     # ---------------------------------------------------------------- queries
 
@@ -261,6 +283,11 @@ class Hooks:
     def __init__(self, pm: pluggy.PluginManager, config: Config) -> None:
         self._pm = pm
         self._config = config
+
+    @property
+    def pluginmanager(self) -> pluggy.PluginManager:
+        """For plugin-specific hooks (``nattrav_add_hookspecs``); core's own go through here."""
+        return self._pm
 
     def adjust_chain(self, chain: list[MethodSpec]) -> None:
         self._pm.hook.nattrav_adjust_chain(chain=chain, config=self._config)

@@ -104,6 +104,7 @@ class Runtime:
             telemetry=self.telemetry,
             emit=self._emit,
             journal=self.journal,
+            pluginmanager=self.host.pm,
         )
 
     def _emit(self, event: LeaseEvent) -> None:

@@ -51,7 +51,7 @@ def test_every_problem_is_reported_at_once() -> None:
             {
                 "servers": [
                     "stun:192.0.2.1",
-                    "turn:192.0.2.1",
+                    {"uri": "turn:192.0.2.1", "username": "only-a-name"},
                     {"uri": "turn:192.0.2.2", "server_name": "x"},
                 ],
                 "permit": ["not-an-ip", "192.0.2.9"],
@@ -64,7 +64,7 @@ def test_every_problem_is_reported_at_once() -> None:
     problems = caught.value.problems
     assert len(problems) >= 7, problems
     assert "stun: URI" in text
-    assert "no username/password" in text
+    assert "a username without a password" in text
     assert "server_name only applies" in text
     assert "'not-an-ip' is not an IP address" in text
     assert "lifetime" in text and "timeout must be > 0" in text and "ca_file" in text

@@ -251,3 +251,38 @@ async def test_cleanup_through_the_runtime_reports_the_outcome(
     outcomes = await rt.cleanup()
     assert [(o.entry.id, o.released, o.detail) for o in outcomes] == [(entry.id, True, "released")]
     assert rt.journal.entries() == []
+
+
+@pytest.mark.anyio
+async def test_chain_method_asks_the_credentials_hook_of_other_plugins(tmp_path: Path) -> None:
+    """A plugin implementing ``nattrav_relay_credentials`` supplies the password to the chain
+    method (core's ``nattrav_add_hookspecs`` + ``ctx.pluginmanager``)."""
+    import nattrav_relay.plugin as relay_plugin
+    from nattrav.hookspecs import hookimpl
+    from nattrav.method import AttemptContext
+    from nattrav.models import TraversalRequest
+    from nattrav.plugins import PluginHost
+    from nattrav.runtime import Runtime
+    from nattrav_relay.config import load_config
+    from nattrav_relay.credentials import RelayCredentials
+
+    asked: list[tuple[str, str | None]] = []
+
+    class Vault:
+        @hookimpl
+        def nattrav_relay_credentials(self, server: str, username: str | None, realm: str | None) -> object:
+            asked.append((server, username))
+            return ("vault-user", "vault-pass")
+
+    host = PluginHost.load(
+        entry_points=[], builtins=False, disabled=(), extra=[("relay", relay_plugin), ("vault", Vault())]
+    )
+    ctx = Runtime(host).context("relay", TraversalRequest())
+    assert isinstance(ctx, AttemptContext)
+    method = host.methods["relay"].factory()
+    method.config = load_config({"servers": ["turn:192.0.2.1:3478"]})
+    method.credentials.config = method.config
+    method._use_hooks(ctx)
+    creds = await method.credentials.get(method.config.servers[0])
+    assert creds == RelayCredentials("vault-user", "vault-pass")
+    assert asked == [("turn:192.0.2.1:3478", None)]

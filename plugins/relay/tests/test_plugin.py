@@ -9,7 +9,6 @@ import sys
 from typing import Any
 
 import nattrav_relay.plugin
-import pytest
 from nattrav.config import structure_config
 from nattrav.models import CandidateKind, Transport
 from nattrav.plugins import PluginHost, PluginStatus, module_plugin
@@ -76,15 +75,25 @@ def test_the_credential_hook_is_validated_and_answers() -> None:
 
 
 def test_a_credential_hook_with_a_wrong_signature_is_refused() -> None:
-    import pluggy
+    """Registered after relay: pluggy refuses it at registration. Registered before relay:
+    relay's ``nattrav_add_hookspecs`` finds it; the bad plugin is marked broken, relay stays."""
 
     def nattrav_relay_credentials(server: str, password: str) -> Any:
         return None
 
     bad = module_plugin("bad", nattrav_relay_credentials=nattrav_relay_credentials)
     h = host({}, ("bad", bad))
-    with pytest.raises(pluggy.PluginValidationError):
-        add_hookspecs(h.pm)
+    assert h.records["relay"].status is PluginStatus.OK
+    assert h.records["bad"].status is PluginStatus.BROKEN
+    assert "password" in (h.records["bad"].error or "")
+    before = PluginHost.load(
+        structure_config({}), entry_points=[], builtins=False, disabled=(),
+        extra=[("bad", bad), ("relay", nattrav_relay.plugin)],
+    )
+    assert before.records["relay"].status is PluginStatus.OK
+    assert before.records["bad"].status is PluginStatus.BROKEN
+    assert "does not match relay's hook" in (before.records["bad"].error or "")
+    add_hookspecs(before.pm)  # idempotent
 
 
 def test_importing_the_plugin_module_is_cheap() -> None:

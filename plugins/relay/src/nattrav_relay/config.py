@@ -155,10 +155,15 @@ def _check(cfg: RelayConfig) -> list[str]:
         except ValueError as exc:
             problems.append(f"{label}: {exc}")
             continue
-        if cfg.credentials_for(server) is None and cfg.credential_provider is None:
+        username = server.username or cfg.username
+        password = server.password or cfg.password
+        if bool(username) != bool(password) and cfg.credential_provider is None:
+            # Neither is fine: a credential_provider or a plugin implementing the
+            # nattrav_relay_credentials hook may supply both. Half of a pair is a mistake.
+            missing = "password" if username else "username"
             problems.append(
-                f"{label} ({server.uri}): no username/password (set them for the server or in "
-                f"{where}, or name a credential_provider)"
+                f"{label} ({server.uri}): a {'username' if username else 'password'} without a "
+                f"{missing} (set both for the server or in {where})"
             )
         for key in ("ca_file",):
             path = getattr(server, key)

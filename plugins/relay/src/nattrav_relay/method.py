@@ -106,8 +106,17 @@ class RelayMethod:
         self.credentials = CredentialSource(self.config, list(providers or []))
         self.opener = opener
         self.probe_socket = probe_socket or _probe_socket
+        self._hooked = False
 
     # ---------------------------------------------------------------- acquire
+
+    def _use_hooks(self, ctx: AttemptContext) -> None:
+        """Ask ``nattrav_relay_credentials`` implementations too (once per method object)."""
+        if ctx.pluginmanager is not None and not self._hooked:
+            from nattrav_relay.credentials import hook_provider
+
+            self.credentials.providers.append(hook_provider(ctx.pluginmanager))
+            self._hooked = True
 
     def families(self, ctx: AttemptContext) -> tuple[int, ...]:
         wanted = ctx.request.families
@@ -122,6 +131,7 @@ class RelayMethod:
 
     @asynccontextmanager
     async def acquire(self, ctx: AttemptContext) -> AsyncIterator[Acquisition]:
+        self._use_hooks(ctx)
         if ctx.request.transport is not Transport.UDP:
             raise MethodUnavailable(
                 NAME, "TURN relays UDP (RFC 8656); TCP relaying (RFC 6062) is not supported"
@@ -334,6 +344,7 @@ class RelayMethod:
         Returns normally when it is gone (expired, died with its TCP/TLS connection, or
         deleted now); raises ``MethodError`` (the entry is kept) when it cannot be reached.
         """
+        self._use_hooks(ctx)
         data = entry.data
         if entry.expired():
             return

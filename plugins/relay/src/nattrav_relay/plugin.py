@@ -16,6 +16,7 @@ from nattrav.models import CandidateKind, Transport
 from nattrav.registry import CommandRegistry, MethodRegistry, OptionRegistry, ReportRegistry
 
 __all__ = [
+    "nattrav_add_hookspecs",
     "nattrav_register_commands",
     "nattrav_register_methods",
     "nattrav_register_options",
@@ -24,6 +25,14 @@ __all__ = [
 
 NAME = "relay"
 PRIORITY = 90
+
+
+@hookimpl
+def nattrav_add_hookspecs(pluginmanager: Any) -> None:
+    """Add ``nattrav_relay_credentials`` so credential plugins reach the chain method too."""
+    from nattrav_relay.hookspecs import add_hookspecs
+
+    add_hookspecs(pluginmanager)
 
 
 @hookimpl
