@@ -270,12 +270,17 @@ async def test_chain_method_asks_the_credentials_hook_of_other_plugins(tmp_path:
 
     class Vault:
         @hookimpl
-        def nattrav_relay_credentials(self, server: str, username: str | None, realm: str | None) -> object:
+        def nattrav_relay_credentials(
+            self, server: str, username: str | None, realm: str | None
+        ) -> object:
             asked.append((server, username))
             return ("vault-user", "vault-pass")
 
     host = PluginHost.load(
-        entry_points=[], builtins=False, disabled=(), extra=[("relay", relay_plugin), ("vault", Vault())]
+        entry_points=[],
+        builtins=False,
+        disabled=(),
+        extra=[("relay", relay_plugin), ("vault", Vault())],
     )
     ctx = Runtime(host).context("relay", TraversalRequest())
     assert isinstance(ctx, AttemptContext)
