@@ -58,12 +58,19 @@ def probe_argv(lab: Any) -> list[str]:
 
 
 def _section_seconds(report: dict[str, Any]) -> dict[str, float]:
+    """Seconds per report section, and per chain attempt (``chain:<method>``): the chain
+    verdict runs next to the sections and can be what bounds the total."""
     out: dict[str, float] = {}
     for name, section in (report.get("sections") or {}).items():
         if isinstance(section, dict):
             value = section.get("duration", section.get("elapsed"))
             if isinstance(value, int | float):
                 out[name] = float(value)
+    chain = report.get("chain")
+    if isinstance(chain, dict):
+        for attempt in chain.get("attempts") or ():
+            if isinstance(attempt, dict) and isinstance(attempt.get("duration"), int | float):
+                out[f"chain:{attempt.get('method')}"] = float(attempt["duration"])
     return out
 
 
