@@ -22,6 +22,7 @@ import json
 import math
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -403,10 +404,18 @@ def progress(text: str) -> None:
     print(f"   .. {text}", file=sys.stderr, flush=True)
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_main(
     benchmark: str, body: Callable[[argparse.Namespace], Report], args: argparse.Namespace
 ) -> int:
-    """Run a benchmark body; print its table, save JSON, map the outcome to an exit code."""
+    """Run a benchmark body; print its table, save JSON, map the outcome to an exit code.
+
+    SIGTERM (``timeout``, a CI runner giving up) becomes ``SystemExit``, so the servers, echo
+    peers and labs the body started are stopped by their context managers, not orphaned."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         report = body(args)
     except Unavailable as exc:
