@@ -473,3 +473,140 @@ async def test_methods_of_one_group_never_run_together() -> None:
         # ... while relay, in no group, started at the stagger and lost to the better natpmp.
         assert relay.events == ["acquire", "cancel"]
         assert [a.method for a in held.result.attempts] == ["upnp", "natpmp", "relay"]
+
+
+async def test_a_relay_waits_fallback_grace_for_a_port_mapping_still_running() -> None:
+    """A relay is the last resort: its success waits up to ``fallback_grace`` (not ``grace``)
+    for a running method that would give a better kind of endpoint."""
+    for fallback_grace, winner in ((1.0, "upnp"), (0.0, "relay")):
+        mapped = FakeMethod("upnp", kind=CandidateKind.PORT_MAPPED, delay=0.3)
+        relay = FakeMethod("relay", kind=CandidateKind.RELAYED)
+        rt = runtime_for(
+            (mapped, 40),
+            (relay, 90),
+            chain={"stagger": 0.02, "grace": 0.05, "fallback_grace": fallback_grace},
+        )
+        async with rt.chain().run(TraversalRequest()) as held:
+            assert held.result.method == winner
+            loser = held.result.attempts[0 if winner == "relay" else 1]
+            assert loser.outcome is AttemptOutcome.CANCELLED
+
+
+async def test_same_kind_success_waits_only_grace() -> None:
+    slow = FakeMethod("a", kind=CandidateKind.PORT_MAPPED, delay=0.6)
+    fast = FakeMethod("b", kind=CandidateKind.PORT_MAPPED)
+    rt = runtime_for(
+        (slow, 40), (fast, 45), chain={"stagger": 0.02, "grace": 0.05, "fallback_grace": 5.0}
+    )
+    t0 = anyio.current_time()
+    async with rt.chain().run(TraversalRequest()) as held:
+        assert held.result.method == "b"
+        assert anyio.current_time() - t0 < 0.5
+
+
+@pytest.mark.parametrize(
+    ("families", "ipv4_route", "winner"),
+    [
+        (frozenset({4, 6}), True, "relay"),  # IPv4 wanted and possible: a pinhole is not enough
+        (frozenset({6}), True, "upnp"),  # IPv6 asked for alone
+        (frozenset({4, 6}), False, "upnp"),  # no IPv4 route: IPv6 is all there is
+    ],
+)
+async def test_an_ipv6_only_endpoint_does_not_meet_a_dual_stack_reachable_request(
+    families: frozenset[int], ipv4_route: bool, winner: str
+) -> None:
+    from nattrav.models import TransportAddress
+
+    pinhole = FakeMethod(
+        "upnp",
+        kind=CandidateKind.PORT_MAPPED,
+        address=TransportAddress("2001:db8:1:1::10", 40000),
+    )
+    relay = FakeMethod("relay", kind=CandidateKind.RELAYED)
+    rt = runtime_for((pinhole, 40), (relay, 90), chain={"strategy": "sequential"})
+    chain = rt.chain()
+    chain.ipv4_route = lambda: ipv4_route
+    async with chain.run(TraversalRequest(families=families)) as held:
+        assert held.result.method == winner
+        if winner == "relay":
+            rec = held.result.attempts[0]
+            assert rec.outcome is AttemptOutcome.INSUFFICIENT
+            assert "IPv6 only" in rec.reason
+            assert pinhole.released
+
+
+class _SlowRelease:
+    """A port mapper whose deletion takes a while: the re-add must wait for it."""
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+        self.kind = CandidateKind.PORT_MAPPED
+        self.name = "upnp"
+
+    def __call__(self) -> _SlowRelease:
+        return self
+
+    def acquire(self, ctx: Any) -> Any:
+        from contextlib import asynccontextmanager
+
+        from nattrav.method import Acquisition
+        from nattrav.models import Candidate, TransportAddress
+
+        @asynccontextmanager
+        async def cm() -> Any:
+            self.log.append("add")
+            try:
+                yield Acquisition(
+                    Candidate(
+                        CandidateKind.PORT_MAPPED,
+                        TransportAddress("198.51.100.7", 40000),
+                        "upnp",
+                        reachability=Reachability.claimed("gateway says so"),
+                    )
+                )
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await anyio.sleep(0.2)
+                self.log.append("deleted")
+
+        return cm()
+
+
+async def test_a_refuted_mapping_is_deleted_before_it_is_added_again() -> None:
+    mapper = _SlowRelease()
+    verifier = _Verifier([Reachability.refused("nothing arrived")] * 2)
+    rt = runtime_with_verifier(verifier, (mapper, 40))  # type: ignore[arg-type]
+    with pytest.raises(ChainExhausted) as info:
+        async with rt.chain().run(TraversalRequest()):
+            pass
+    assert mapper.log == ["add", "deleted", "add", "deleted"]
+    (record,) = info.value.failures
+    assert record.tries == 2 and "abandoned" in record.reason
+
+
+async def test_a_relay_success_still_starts_a_port_mapper_its_group_held_back() -> None:
+    """UPnP and NAT-PMP share a group: when UPnP fails after the relay succeeded, NAT-PMP
+    still gets its chance within ``fallback_grace`` instead of being skipped."""
+    upnp = FakeMethod("upnp", "fail", kind=CandidateKind.PORT_MAPPED, delay=0.2)
+    natpmp = FakeMethod("natpmp", kind=CandidateKind.PORT_MAPPED, delay=0.05)
+    relay = FakeMethod("relay", kind=CandidateKind.RELAYED)
+
+    def register(registry: Any) -> None:
+        registry.add(upnp, name="upnp", priority=40, kind=upnp.kind, group="gateway")
+        registry.add(natpmp, name="natpmp", priority=45, kind=natpmp.kind, group="gateway")
+        registry.add(relay, name="relay", priority=90, kind=relay.kind)
+
+    host = PluginHost.load(
+        structure_config({"chain": {"stagger": 0.01, "grace": 0.01, "fallback_grace": 1.0}}),
+        entry_points=[],
+        builtins=False,
+        disabled=(),
+        extra=[("fakes", module_plugin("fakes", nattrav_register_methods=register))],
+    )
+    async with Runtime(host).chain().run(TraversalRequest()) as held:
+        assert held.result.method == "natpmp"
+        assert outcomes(held.result.attempts) == {
+            "upnp": "failed",
+            "natpmp": "succeeded",
+            "relay": "cancelled",
+        }

@@ -111,3 +111,19 @@ async def test_concurrent_senders_need_no_lock() -> None:
         assert sent == 1000  # twenty tasks sent at once and none raised (no lock needed)
         assert len(got) >= 950
         assert mux.send_errors == 0
+
+
+async def test_the_mux_remembers_where_the_port_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Verifiers ask it: an answer from an address the port talked to proves no inbound."""
+    import nattrav.datagram as datagram
+
+    async with DatagramMux.open(0, families={4}) as mux:
+        assert not mux.has_sent_to("127.0.0.1")
+        await mux.send_to(b"x", TransportAddress("127.0.0.1", 9))
+        await mux.app.send_to(b"y", TransportAddress("127.0.0.2", 9))
+        assert mux.has_sent_to("127.0.0.1") and mux.has_sent_to("127.0.0.2")
+        assert not mux.has_sent_to("127.0.0.3")
+        monkeypatch.setattr(datagram, "SENT_TO_LIMIT", 3)
+        await mux.send_to(b"z", ("127.0.0.4", 9))
+        await mux.send_to(b"z", ("127.0.0.5", 9))  # past the limit: it stops counting
+        assert mux.has_sent_to("127.0.0.99")  # and says yes to anything (the safe answer)

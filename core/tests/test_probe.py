@@ -37,9 +37,15 @@ def sections_plugin() -> tuple[str, object]:
         await anyio.sleep(60)
         return {}
 
+    def render_gateway(data: Any) -> list[str]:
+        return [f"gateway present: {'yes' if data['present'] else 'no'}"]
+
+    def render_broken(data: Any) -> list[str]:
+        raise KeyError("nope")
+
     def register(registry: Any) -> None:
-        registry.add(gateway, name="gw", order=40)
-        registry.add(server, name="srv", order=20)
+        registry.add(gateway, name="gw", title="Gateway", order=40, render=render_gateway)
+        registry.add(server, name="srv", order=20, render=render_broken)
         registry.add(broken, name="broken")
         registry.add(slow, name="slow")
 
@@ -142,5 +148,8 @@ def test_cli_probe_json_and_table(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     code = main(["probe", "--timeout", "1"], extra_plugins=[sections_plugin()], out=out)
     text = out.getvalue()
     assert code == 0
-    assert "[gw]" in text and "double NAT: yes" in text and "chain verdict: fake" in text
+    assert "Gateway [gw, 0.2" in text and "  gateway present: yes" in text
+    assert "(could not render: KeyError" in text  # a renderer's bug costs only its lines
+    assert "double NAT: yes" in text and "Chain verdict: fake -> 198.51.100.7:40000" in text
+    assert "error: no result within 1.0 s" in text  # the slow section
     assert main(["probe", "--window", "0.1"], extra_plugins=[sections_plugin()]) == 2

@@ -20,15 +20,21 @@ Strategies:
 * ``race`` (default, RFC 8305 in spirit): start the next method when the previous ones failed or
   after ``stagger`` seconds, whichever is first. When a success arrives, it wins at once if no
   better-priority attempt is still running; otherwise it waits at most ``grace`` seconds for one
-  of them to succeed. Losers still acquiring are cancelled; losers that already acquired are
-  told to release. Attempts never started are recorded as skipped, so the result explains why
-  each better method did not win.
+  of them to succeed, or ``fallback_grace`` seconds when the success is of a worse candidate
+  kind than what a running attempt would give (a relay waits a little for a port mapping: a
+  relay is the last resort, and a mapping that is about to succeed is worth a second). Losers
+  still acquiring are cancelled; losers that already acquired are told to release. Attempts
+  never started are recorded as skipped, so the result explains why each better method did
+  not win.
 
 With the ``reachable`` goal, a candidate that does not accept unsolicited inbound traffic
 (a server-reflexive address behind a filtering NAT) is recorded as ``insufficient`` and kept in
 ``TraversalResult.candidates`` for hole punching, and the chain goes on. Before judging,
 installed verifiers may upgrade an ``unknown`` candidate (or refute a gateway's claim): a
 mapping that does not forward is released, acquired once more, and abandoned if it fails again.
+When the request allows IPv4 and the host has an IPv4 default route, the ``reachable`` goal
+needs an IPv4 endpoint: an IPv6-only candidate (a pinhole on a router whose IPv4 mapping was
+refused) is kept as ``insufficient``, because peers without IPv6 could not reach it.
 """
 
 from __future__ import annotations
@@ -174,6 +180,8 @@ class Chain:
         self.verifiers = list(verifiers)
         self.path_probes = list(path_probes)
         self._settings = settings or (lambda name: self.config.plugin_table(name))
+        #: Whether this host can reach IPv4 peers (an IPv4 default route); replaceable in tests.
+        self.ipv4_route: Callable[[], bool] = _has_ipv4_route
 
     @property
     def names(self) -> list[str]:
@@ -261,6 +269,7 @@ class Chain:
                                 result.method,
                                 result.endpoint,
                                 f"{result.candidate.kind.value} endpoint via {result.method}",
+                                _acquired_details(result.candidate),
                             )
                         )
                         try:
@@ -390,7 +399,10 @@ class Chain:
         kept = tuple(
             a.record.candidate
             for a in attempts
-            if a is not winner and a.record is not None and a.record.candidate
+            if a is not winner
+            and a.record is not None
+            and a.record.candidate
+            and a.record.outcome is not AttemptOutcome.FAILED  # a refuted, deleted mapping
         )
         result = TraversalResult(
             goal=request.goal,
@@ -446,18 +458,34 @@ class Chain:
         grace_deadline = math.inf
         while True:
             now = anyio.current_time()
-            best = _best_success(attempts, request.goal)
+            best = _best_success(attempts)
+            hopeful: list[int] = []  # not started, and would give a better kind than ``best``
             if best is not None:
-                better_running = any(a.running and a.index < best.index for a in attempts)
-                if not better_running or now >= grace_deadline:
+                assert best.acquisition is not None
+                kind = best.acquisition.candidate.kind.preference
+                better = [a for a in attempts if a.running and a.index < best.index]
+                hopeful = [
+                    i for i in pending if i < best.index and specs[i].kind.preference < kind
+                ]
+                if (not better and not hopeful) or now >= grace_deadline:
                     winner = best
                     break
-                grace_deadline = min(grace_deadline, now + self.config.chain.grace)
+                worse = bool(hopeful) or any(a.spec.kind.preference < kind for a in better)
+                wait = self.config.chain.fallback_grace if worse else self.config.chain.grace
+                grace_deadline = min(grace_deadline, now + wait)
             running = any(a.running for a in attempts)
-            nxt = launchable() if best is None else None
+            if best is None:
+                nxt = launchable()
+            else:  # a worse-kind success is in hand: still start what could beat it
+                nxt = next((i for i in hopeful if not busy(specs[i].group)), None)
             if nxt is None and not running:
                 break
-            if nxt is not None and (not running or now >= last_launch + stagger or nxt in overdue):
+            if nxt is not None and (
+                best is not None
+                or not running
+                or now >= last_launch + stagger
+                or nxt in overdue
+            ):
                 launch(nxt)
                 last_launch = now
                 continue
@@ -575,12 +603,13 @@ class Chain:
                             finish(_record(spec, AttemptOutcome.FAILED, exc, start, max(tries, 1)))
                             return
                         breaker.success()
-                        met = ctx.request.goal.accepts(acquisition.candidate)
+                        shortfall = self._shortfall(ctx, acquisition)
+                        met = shortfall is None
                         finish(
                             AttemptRecord(
                                 spec.name,
                                 AttemptOutcome.SUCCEEDED if met else AttemptOutcome.INSUFFICIENT,
-                                _describe_candidate(acquisition.candidate, met),
+                                _describe_candidate(acquisition.candidate, met, shortfall),
                                 anyio.current_time() - start,
                                 tries,
                                 candidate=acquisition.candidate,
@@ -616,6 +645,25 @@ class Chain:
             attempt.done.set()
             _poke(notify, attempt)
             notify.close()
+
+    def _shortfall(self, ctx: AttemptContext, acquisition: Acquisition) -> str | None:
+        """Why ``acquisition`` does not meet the request's goal, or ``None`` when it does."""
+        request = ctx.request
+        candidate = acquisition.candidate
+        if not request.goal.accepts(candidate):
+            return "goal"
+        if (
+            request.goal is Goal.REACHABLE
+            and candidate.address.family == 6
+            and 4 in request.families
+            and (ctx.sockets is None or 4 in ctx.sockets.families)
+            and self.ipv4_route()
+        ):
+            return (
+                "IPv6 only: peers without IPv6 could not reach it, and IPv4 was requested "
+                "(ask for IPv6 alone to use it)"
+            )
+        return None
 
     def _lost(
         self,
@@ -671,25 +719,37 @@ class Chain:
                         self.hooks.attempt_started(spec.name, ctx.request, tries)
                     method = spec.factory()
                     release = anyio.Event()
+                    released = anyio.Event()
                     with anyio.fail_after(timeout):
                         acquisition: Acquisition = await holder.start(
-                            _hold, method, ctx, release, attempt.release
+                            _hold, method, ctx, release, attempt.release, released
                         )
                     verdict = await self._verify(acquisition.candidate, ctx)
                     if verdict is not None:
                         candidate = acquisition.candidate.with_reachability(verdict)
                         acquisition = attrs.evolve(acquisition, candidate=candidate)
                         if verdict.inbound is Inbound.NO and _claimed(acquisition):
-                            # The gateway said it maps but nothing arrives: release, try once more.
+                            # The gateway said it maps but nothing arrives: delete it (and wait
+                            # until it is gone, so the new request does not meet the old
+                            # mapping), then add it once more.
                             release.set()
+                            with anyio.move_on_after(RELEASE_BOUND):
+                                await released.wait()
                             if reacquired:
                                 raise MethodError(
                                     spec.name,
                                     f"{candidate.address} was created but does not forward "
-                                    f"inbound traffic ({verdict.how}); abandoned",
+                                    f"inbound traffic ({verdict.how}); deleted, added once "
+                                    "more, still not forwarding: abandoned",
+                                    candidate=candidate,
                                 )
                             reacquired = True
-                            raise MethodError(spec.name, "mapping does not forward", retryable=True)
+                            raise MethodError(
+                                spec.name,
+                                "mapping does not forward",
+                                retryable=True,
+                                candidate=candidate,
+                            )
                     return tries, acquisition
         except MethodError as exc:
             exc._tries = tries  # type: ignore[attr-defined]
@@ -722,24 +782,31 @@ async def _hold(
     ctx: AttemptContext,
     release: anyio.Event,
     chain_release: anyio.Event,
+    released: anyio.Event | None = None,
     *,
     task_status: anyio.abc.TaskStatus[Acquisition] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Enter the method's context in this task, report it, and hold it until released."""
-    async with method.acquire(ctx) as acquisition:
-        if not isinstance(acquisition, Acquisition):
-            raise TypeError(
-                f"method {ctx.method!r} yielded {type(acquisition).__name__}, not Acquisition"
-            )
-        task_status.started(acquisition)
-        async with anyio.create_task_group() as tg:
+    """Enter the method's context in this task, report it, and hold it until released.
 
-            async def wait_for(event: anyio.Event) -> None:
-                await event.wait()
-                tg.cancel_scope.cancel()
+    ``released`` is set once the method's context has exited (the resource is gone)."""
+    try:
+        async with method.acquire(ctx) as acquisition:
+            if not isinstance(acquisition, Acquisition):
+                raise TypeError(
+                    f"method {ctx.method!r} yielded {type(acquisition).__name__}, not Acquisition"
+                )
+            task_status.started(acquisition)
+            async with anyio.create_task_group() as tg:
 
-            tg.start_soon(wait_for, release)
-            tg.start_soon(wait_for, chain_release)
+                async def wait_for(event: anyio.Event) -> None:
+                    await event.wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(wait_for, release)
+                tg.start_soon(wait_for, chain_release)
+    finally:
+        if released is not None:
+            released.set()
 
 
 def _poke(notify: MemoryObjectSendStream[_Attempt], attempt: _Attempt) -> None:
@@ -759,18 +826,46 @@ def _claimed(acquisition: Acquisition) -> bool:
     return acquisition.candidate.kind is CandidateKind.PORT_MAPPED
 
 
-def _best_success(attempts: Sequence[_Attempt], goal: Goal) -> _Attempt | None:
-    """The successful attempt earliest in chain order (attempts may start out of order)."""
-    done = [
-        a for a in attempts if a.acquisition is not None and goal.accepts(a.acquisition.candidate)
-    ]
+def _best_success(attempts: Sequence[_Attempt]) -> _Attempt | None:
+    """The successful attempt earliest in chain order (attempts may start out of order).
+
+    Only attempts whose candidate met the goal keep an ``acquisition``."""
+    done = [a for a in attempts if a.acquisition is not None]
     return min(done, key=lambda a: a.index) if done else None
+
+
+def _acquired_details(candidate: Candidate) -> dict[str, Any]:
+    """What an ACQUIRED event says about the endpoint: its kind, how sure inbound works, and
+    who may send to it (a relay forwards only from permitted peers)."""
+    r = candidate.reachability
+    details: dict[str, Any] = {
+        "kind": candidate.kind.value,
+        "inbound": r.inbound.value,
+        "verified": r.verified,
+        "how": r.how,
+        "lifetime": candidate.lifetime,
+    }
+    if "permitted" in candidate.details:
+        details["permitted"] = list(candidate.details["permitted"] or [])
+    if "inbound" in candidate.details:
+        details["inbound_from"] = str(candidate.details["inbound"])
+    return details
+
+
+def _has_ipv4_route() -> bool:
+    from nattrav.gateways import default_gateways
+
+    try:
+        return bool(default_gateways(4))
+    except OSError:
+        return False
 
 
 def _record(
     spec: MethodSpec, outcome: AttemptOutcome, exc: BaseException, start: float, tries: int
 ) -> AttemptRecord:
     reason = exc.reason if isinstance(exc, MethodError) else f"{type(exc).__name__}: {exc}"
+    candidate = exc.candidate if isinstance(exc, MethodError) else None
     return AttemptRecord(
         spec.name,
         outcome,
@@ -778,6 +873,7 @@ def _record(
         anyio.current_time() - start,
         tries,
         type(exc).__name__,
+        candidate=candidate if isinstance(candidate, Candidate) else None,
         priority=spec.priority,
     )
 
@@ -810,7 +906,7 @@ def _final_record(attempt: _Attempt, winner: _Attempt | None) -> AttemptRecord:
     return record
 
 
-def _describe_candidate(candidate: Candidate, met: bool) -> str:
+def _describe_candidate(candidate: Candidate, met: bool, shortfall: str | None = None) -> str:
     r = candidate.reachability
     verdict = (
         "accepts unsolicited inbound"
@@ -822,4 +918,8 @@ def _describe_candidate(candidate: Candidate, met: bool) -> str:
         )
     )
     text = f"{candidate.kind.value} {candidate.address}: {verdict} ({r.how})"
-    return text if met else f"{text}; kept as a hole-punching candidate"
+    if met:
+        return text
+    if shortfall and shortfall != "goal":
+        text = f"{text}; but {shortfall}"
+    return f"{text}; kept as a hole-punching candidate"

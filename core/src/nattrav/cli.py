@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import IO, Any
 
 from nattrav.config import Config, load_raw, merge, structure_config
-from nattrav.errors import ChainExhausted, ConfigError, NatTravError
+from nattrav.errors import ChainExhausted, ConfigError, MethodError, NatTravError
 from nattrav.plugins import PluginHost, PluginRecord
 
 __all__ = ["Cli", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "main", "plugins_main"]
@@ -191,11 +191,21 @@ def _configure_map(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--lifetime", type=float, default=3600.0, help="lease to request (s)")
     p.add_argument("--strategy", choices=["race", "sequential"], default=None)
+    p.add_argument(
+        "--family",
+        choices=["4", "6", "both"],
+        default="both",
+        help="IP families to map (default both; a reachable endpoint is IPv4 when IPv4 works)",
+    )
 
 
 def cmd_map(args: argparse.Namespace, cli: Cli) -> int:
     if not 0 <= args.port <= 65535:
         raise UsageError(f"port {args.port} out of range 0-65535")
+    if args.hold is not None and args.hold < 0:
+        raise UsageError("--hold must be >= 0")
+    if args.lifetime <= 0:
+        raise UsageError("--lifetime must be positive")
     if args.strategy:
         cli.raw_config = merge(cli.raw_config, {"chain": {"strategy": args.strategy}})
     return int(cli.run(_map, args, cli))
@@ -208,31 +218,52 @@ async def _map(args: argparse.Namespace, cli: Cli) -> int:
 
     rt = cli.runtime()
     goal = Goal(args.goal) if args.goal else rt.config.chain.goal
+    families = frozenset({4, 6}) if args.family == "both" else frozenset({int(args.family)})
     request = TraversalRequest(
-        port=args.port, transport=Transport(args.protocol), goal=goal, lifetime=args.lifetime
+        port=args.port,
+        transport=Transport(args.protocol),
+        goal=goal,
+        lifetime=args.lifetime,
+        families=families,
     )
 
     def on_event(event: LeaseEvent) -> None:
         if cli.json:
-            cli.out.write(json.dumps({"event": to_jsonable(event)}) + "\n")
+            line = {"event": to_jsonable(event), "time": _now()}
+            cli.out.write(json.dumps(line) + "\n")
             cli.out.flush()
         else:
-            cli.line(f"{event.kind.value}: {event.method} {event.endpoint or ''} {event.detail}")
+            endpoint = f" {event.endpoint}" if event.endpoint else ""
+            detail = f" ({event.detail})" if event.detail else ""
+            cli.line(f"{_now()} {event.kind.value}: {event.method}{endpoint}{detail}")
 
     try:
-        async with rt.traverse(request, on_event=on_event) as (held, _mux):
+        async with rt.traverse(request, on_event=on_event) as (held, mux):
             result = held.result
             if cli.json:
-                cli.out.write(json.dumps({"result": to_jsonable(result)}) + "\n")
+                line = {
+                    "result": to_jsonable(result),
+                    "inbound": _inbound_note(result),
+                    "local_port": mux.port if mux is not None else args.port,
+                }
+                cli.out.write(json.dumps(line) + "\n")
                 cli.out.flush()
             else:
-                _print_result(cli, result)
+                _print_result(cli, result, mux)
             await _hold_until_signal(args.hold)
     except ChainExhausted as exc:
         if cli.json:
             cli.out.write(
                 json.dumps({"error": "exhausted", "attempts": to_jsonable(exc.failures)}) + "\n"
             )
+            cli.out.flush()
+        else:
+            cli.err.write(f"nattrav: {exc}\n")
+        return EXIT_FAILED
+    except MethodError as exc:  # the held endpoint was lost beyond recovery
+        if cli.json:
+            line = {"error": "lost", "method": exc.method, "reason": exc.reason, "time": _now()}
+            cli.out.write(json.dumps(line) + "\n")
             cli.out.flush()
         else:
             cli.err.write(f"nattrav: {exc}\n")
@@ -254,10 +285,43 @@ async def _hold_until_signal(hold: float | None) -> None:
                 break
 
 
-def _print_result(cli: Cli, result: Any) -> None:
+def _now() -> str:
+    import datetime
+
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+
+
+def _inbound_note(result: Any) -> dict[str, Any]:
+    """Who can send to the endpoint: anyone, or (a relay) only the permitted peers."""
+    candidate = result.candidate
+    details = candidate.details
+    if "permitted" in details:
+        permitted = [str(p) for p in details.get("permitted") or []]
+        return {
+            "from": "permitted-peers",
+            "permitted": permitted,
+            "note": (
+                "only peers with a permission can send to this relayed address: the peers "
+                "listed, peers the application sends to first, and peers added with "
+                "--turn-permit PEER"
+            ),
+        }
+    return {"from": "anyone", "permitted": None, "note": candidate.reachability.how}
+
+
+def _print_result(cli: Cli, result: Any, mux: Any = None) -> None:
     cli.line(f"endpoint: {result.endpoint} ({result.candidate.kind.value} via {result.method})")
     r = result.candidate.reachability
     cli.line(f"inbound:  {r.inbound.value} ({'verified' if r.verified else 'unverified'}: {r.how})")
+    note = _inbound_note(result)
+    if note["from"] == "permitted-peers":
+        listed = ", ".join(note["permitted"]) or "none yet"
+        cli.line(
+            "who:      ONLY permitted peers can send to this relayed endpoint "
+            f"(permitted now: {listed}); permit more with --turn-permit PEER"
+        )
+    if mux is not None:
+        cli.line(f"local:    UDP port {mux.port} (shared with the application)")
     cli.table(
         ["method", "outcome", "time", "reason"],
         [
@@ -311,10 +375,10 @@ def cmd_probe(args: argparse.Namespace, cli: Cli) -> int:
 
 
 async def _probe(cli: Cli, options: Any) -> dict[str, Any]:
-    from nattrav.probe import run_probe
+    from nattrav.probe import progress_names, run_probe
 
     rt = cli.runtime()
-    progress = _Progress(cli, [s.name for s in rt.host.report_sections] + ["chain"])
+    progress = _Progress(cli, progress_names(rt, options))
     with progress:
         return await run_probe(rt, options, progress=progress.update)
 
@@ -355,34 +419,89 @@ class _Progress:
 
 
 def _print_report(cli: Cli, report: Mapping[str, Any]) -> None:
-    cli.line(f"nattrav probe ({report['duration']:.2f} s)")
+    """The human form of a probe report: short blocks, each readable on its own."""
+    titles: dict[str, str] = {}
+    renderers: dict[str, Any] = {}
+    for spec in cli.runtime().host.report_sections:
+        titles[spec.name] = spec.title
+        renderers[spec.name] = spec.render
+    cli.line(f"nattrav probe: {report['duration']:.2f} s")
     cli.line()
     cli.table(
         ["interface", "address", "scope"],
         [[a["interface"], f"{a['ip']}/{a['prefix']}", a["scope"]] for a in report["interfaces"]],
     )
-    cli.line()
     gws = report["gateways"]
-    cli.line("gateways: " + (", ".join(f"{g['ip']} ({g['interface']})" for g in gws) or "none"))
+    cli.line()
+    cli.line(
+        "default gateways: "
+        + (", ".join(f"{g['ip']} ({g['interface']})" for g in gws) or "none")
+    )
     for name, data in report["sections"].items():
         cli.line()
-        cli.line(f"[{name}]")
-        for key, value in _flatten(data):
-            if key != "duration":
-                cli.line(f"  {key}: {value}")
+        took = data.get("duration")
+        when = f", {took:.2f} s" if isinstance(took, int | float) else ""
+        cli.line(f"{titles.get(name, name)} [{name}{when}]")
+        if data.get("error"):
+            cli.line(f"  error: {data['error']}")
+            continue
+        lines: list[str] | None = None
+        render = renderers.get(name)
+        if render is not None:
+            try:
+                lines = [str(x) for x in render(data)]
+            except Exception as exc:  # a renderer's bug must not cost the report
+                lines = [f"(could not render: {type(exc).__name__}: {exc})"]
+        if lines is None:
+            lines = _generic_lines(data)
+        for text in lines:
+            cli.line(f"  {text}")
     nat = report["nat"]
     cli.line()
-    verdict = {True: "yes", False: "no", None: "unknown"}[nat["double_nat"]]
-    cli.line(f"double NAT: {verdict}" + (f" ({nat['why']})" if nat["why"] else ""))
+    cli.line("NAT layout")
+    yes_no = {True: "yes", False: "no", None: "unknown"}
+    cli.line(f"  NAT (IPv4): {yes_no[_negate(nat['no_nat'])]}")
+    cli.line(
+        f"  double NAT: {yes_no[nat['double_nat']]}"
+        + (f" ({nat['why']})" if nat["why"] else "")
+    )
+    cli.line(f"  carrier-grade NAT: {yes_no[nat['cgnat']]}")
+    if nat.get("path_hops"):
+        path = " -> ".join(h["ip"] or "*" for h in nat["path_hops"])
+        cli.line(f"  path: {path}")
+    tests = report.get("mapping_tests")
+    if tests is not None:
+        cli.line()
+        cli.line("Mapping tests (--test-mapping: created, verified, released)")
+        if not tests:
+            cli.line("  no port-mapping method is installed")
+        else:
+            cli.table(
+                ["method", "created", "endpoint", "inbound", "released", "note"],
+                [
+                    [
+                        t["method"],
+                        yes_no[bool(t["created"])],
+                        t["endpoint"] or "-",
+                        ("verified" if t["verified"] else (t["inbound"] or "-")),
+                        yes_no[bool(t["released"])],
+                        t["error"] or t["how"] or "",
+                    ]
+                    for t in tests
+                ],
+            )
     chain = report.get("chain")
     if chain:
         cli.line()
         if chain.get("method"):
+            reach = chain.get("reachability") or {}
+            proof = "verified" if reach.get("verified") else "claimed"
             cli.line(
-                f"chain verdict: {chain['method']} -> {chain['endpoint']['text']} ({chain['kind']})"
+                f"Chain verdict: {chain['method']} -> {chain['endpoint']['text']} "
+                f"({chain['kind']}, inbound {proof})"
             )
         else:
-            cli.line(f"chain verdict: no method succeeded ({chain.get('error')})")
+            cli.line(f"Chain verdict: no method succeeded ({chain.get('error')})")
         rows = [
             [a["method"], a["outcome"], f"{a['duration'] * 1000:.0f} ms", a["reason"]]
             for a in chain.get("attempts", [])
@@ -391,20 +510,25 @@ def _print_report(cli: Cli, report: Mapping[str, Any]) -> None:
             cli.table(["method", "outcome", "time", "why"], rows)
 
 
-def _flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    if isinstance(data, Mapping):
-        out: list[tuple[str, Any]] = []
-        for k, v in data.items():
-            out += _flatten(v, f"{prefix}.{k}" if prefix else str(k))
-        return out
-    if isinstance(data, list) and data and all(isinstance(x, Mapping) for x in data):
-        out = []
-        for i, item in enumerate(data):
-            out += _flatten(item, f"{prefix}[{i}]")
-        return out
-    if isinstance(data, list):
-        return [(prefix, ", ".join(str(x) for x in data) or "-")]
-    return [(prefix, "-" if data is None else data)]
+def _negate(value: bool | None) -> bool | None:
+    return None if value is None else not value
+
+
+def _generic_lines(data: Mapping[str, Any]) -> list[str]:
+    """Scalar keys as ``key: value``; nested data summarised (a section without a renderer)."""
+    lines: list[str] = []
+    for key, value in data.items():
+        if key == "duration":
+            continue
+        if isinstance(value, Mapping):
+            lines.append(f"{key}: {len(value)} entries (see --json)")
+        elif isinstance(value, list) and any(isinstance(v, Mapping | list) for v in value):
+            lines.append(f"{key}: {len(value)} items (see --json)")
+        elif isinstance(value, list):
+            lines.append(f"{key}: {', '.join(str(v) for v in value) or '-'}")
+        else:
+            lines.append(f"{key}: {'-' if value is None else value}")
+    return lines
 
 
 # --------------------------------------------------------------------------- cleanup

@@ -39,7 +39,9 @@ __all__ = [
 ]
 
 ENV_PREFIX = "NATTRAV_"
-RESERVED_ENV = frozenset({"DISABLE_PLUGINS", "CONFIG", "BACKEND", "LAB_PREFIX"})
+RESERVED_ENV = frozenset(
+    {"DISABLE_PLUGINS", "CONFIG", "BACKEND", "LAB_PREFIX", "NO_PUBLIC_SERVERS"}
+)
 
 Strategy = Literal["race", "sequential"]
 
@@ -73,13 +75,16 @@ class ChainConfig:
     ``order`` lists methods to try first, in that order (the rest follow by priority);
     ``disabled`` removes methods. ``stagger`` is the race strategy's delay before starting the
     next method; ``grace`` is how long a success waits for a better-priority method still
-    running. ``verify`` asks installed verifiers to prove inbound reachability.
+    running, and ``fallback_grace`` how long it waits when that method would give a better
+    kind of endpoint (a relay waiting for a port mapping). ``verify`` asks installed verifiers
+    to prove inbound reachability.
     """
 
     strategy: Strategy = "race"
     goal: Goal = Goal.REACHABLE
     stagger: float = attrs.field(default=0.25, validator=_non_negative)
     grace: float = attrs.field(default=0.1, validator=_non_negative)
+    fallback_grace: float = attrs.field(default=2.0, validator=_non_negative)
     order: tuple[str, ...] = ()
     disabled: tuple[str, ...] = ()
     verify: bool = True

@@ -10,10 +10,15 @@ the application channel. Core knows no protocol: classifiers come from plugins.
 
 Queues are bounded; a datagram arriving at a full queue is dropped and counted (UDP semantics,
 and a flood cannot grow memory).
+
+The mux remembers which IP addresses the port has sent to (``has_sent_to``), because a NAT's
+filter is per port: an "unsolicited" answer from an address the port already talked to proves
+nothing about inbound reachability, and verifiers must not count it.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
@@ -32,6 +37,16 @@ __all__ = ["DatagramMux", "Subscription"]
 
 Classifier = Callable[[bytes, TransportAddress], bool]
 Datagram = tuple[bytes, TransportAddress]
+
+#: Distinct destination addresses a mux remembers (``DatagramMux.has_sent_to``).
+SENT_TO_LIMIT = 4096
+
+
+def _canonical(host: str) -> str:
+    try:
+        return str(ipaddress.ip_address(host.split("%", 1)[0]))
+    except ValueError:
+        return host
 
 
 def _bind(family: socket.AddressFamily, port: int, host: str | None) -> socket.socket:
@@ -102,6 +117,8 @@ class DatagramMux:
         self.app_dropped = 0
         self.received = 0
         self.send_errors = 0
+        self._sent_to: set[str] = set()
+        self._sent_overflow = False
 
     @property
     def families(self) -> frozenset[int]:
@@ -189,6 +206,14 @@ class DatagramMux:
         finally:
             self.unsubscribe(sub)
 
+    def has_sent_to(self, host: str) -> bool:
+        """True if this port has sent to ``host`` (an IP literal) since it was opened.
+
+        Past ``SENT_TO_LIMIT`` distinct addresses it stops counting and answers True for any
+        address (the safe answer for a verifier).
+        """
+        return self._sent_overflow or _canonical(host) in self._sent_to
+
     async def send_to(self, data: bytes, peer: TransportAddress | tuple[str, int]) -> None:
         """Send from the shared port; safe to call from many tasks at once."""
         if isinstance(peer, TransportAddress):
@@ -199,6 +224,11 @@ class DatagramMux:
         sock = self._raw.get(fam)
         if sock is None:
             raise NatTravError(f"no IPv{fam} socket on port {self.port} to reach {host}")
+        if host not in self._sent_to and not self._sent_overflow:
+            if len(self._sent_to) >= SENT_TO_LIMIT:
+                self._sent_overflow = True
+            else:
+                self._sent_to.add(_canonical(host))
         await anyio.lowlevel.checkpoint()
         for _ in range(3):
             try:

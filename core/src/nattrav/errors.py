@@ -23,7 +23,7 @@ garbage from the network can never escape as an arbitrary exception.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from nattrav.models import AttemptRecord
@@ -98,12 +98,17 @@ class MethodError(NatTravError):
 
     ``retryable`` tells the chain whether another attempt of the same method may succeed
     (a lost packet, a stale nonce) or not (authentication refused, gateway says no).
+    ``candidate`` is what the method obtained before it failed, when that explains the failure
+    (a mapping the gateway created that does not forward): reports show it.
     """
 
-    def __init__(self, method: str, reason: str, *, retryable: bool = False) -> None:
+    def __init__(
+        self, method: str, reason: str, *, retryable: bool = False, candidate: Any = None
+    ) -> None:
         self.method = method
         self.reason = reason
         self.retryable = retryable
+        self.candidate = candidate
         super().__init__(f"{method}: {reason}")
 
 

@@ -144,9 +144,12 @@ def nattrav_register_report_sections(registry: ReportRegistry, config: Mapping[s
     """Register sections of the ``nattrav probe`` report.
 
     Each section is an async function of a probe context returning a JSON-able mapping; all
-    sections run concurrently. Example::
+    sections run concurrently. ``render`` (optional) turns that mapping into a few lines for the
+    human table. Keys core reads: ``gateway_external_ips``, ``mapped_ips``, ``path_hops``,
+    ``error`` (see docs/json.md). Example::
 
-        registry.add(run_upnp_section, name="upnp", title="UPnP IGD", order=40)
+        registry.add(run_upnp_section, name="upnp", title="UPnP IGD", order=40,
+                     render=render_upnp)
     """
 
 

@@ -234,17 +234,23 @@ class PathProbeRegistry(_Registry[PathProbeSpec]):
 
 
 ReportRunner = Callable[[Any], Awaitable[Mapping[str, Any]]]
+ReportRenderer = Callable[[Mapping[str, Any]], "list[str]"]
 
 
 @attrs.frozen
 class ReportSectionSpec:
-    """One section of ``nattrav probe``: an async function of a ``ProbeContext`` returning JSON."""
+    """One section of ``nattrav probe``: an async function of a ``ProbeContext`` returning JSON.
+
+    ``render(data) -> lines`` turns the section's JSON into a few readable lines for the human
+    output (no colour, no trailing newlines); without one, core shows the section's scalar keys.
+    """
 
     name: str
     run: ReportRunner = attrs.field(eq=False)
     plugin: str
     title: str = ""
     order: int = 50
+    render: ReportRenderer | None = attrs.field(default=None, eq=False)
 
 
 class ReportRegistry(_Registry[ReportSectionSpec]):
@@ -253,9 +259,18 @@ class ReportRegistry(_Registry[ReportSectionSpec]):
     kind = "report section"
 
     def add(
-        self, run: ReportRunner, *, name: str, title: str = "", order: int = 50
+        self,
+        run: ReportRunner,
+        *,
+        name: str,
+        title: str = "",
+        order: int = 50,
+        render: ReportRenderer | None = None,
     ) -> ReportSectionSpec:
-        spec = ReportSectionSpec(name, run, self.current_plugin, title or name, order)
+        """Add a section; ``render`` (optional) formats its JSON for people."""
+        if render is not None and not callable(render):
+            raise PluginError(self.current_plugin, f"section {name!r}: render is not callable")
+        spec = ReportSectionSpec(name, run, self.current_plugin, title or name, order, render)
         self._put(name, spec)
         return spec
 

@@ -142,9 +142,15 @@ class Runtime:
             outcomes.append(CleanupOutcome(entry, True, "released"))
         return outcomes
 
-    def chain(self) -> Chain:
-        """Assemble the chain from the installed methods (raises ``ConfigError`` on bad order)."""
+    def chain(self, methods: Sequence[str] | None = None) -> Chain:
+        """Assemble the chain from the installed methods (raises ``ConfigError`` on bad order).
+
+        ``methods`` keeps only those (in chain order): ``nattrav probe --test-mapping`` runs
+        each port-mapping method on its own this way.
+        """
         specs = assemble(self.host.method_specs(), self.config, self.host.hooks)
+        if methods is not None:
+            specs = [s for s in specs if s.name in methods]
         return Chain(
             specs,
             config=self.config,
@@ -163,14 +169,17 @@ class Runtime:
         request: TraversalRequest,
         *,
         on_event: Callable[[LeaseEvent], None] | None = None,
+        cleanup: bool | None = None,
+        methods: Sequence[str] | None = None,
     ) -> AsyncIterator[tuple[Held, Any]]:
         """Run the chain for ``request`` with a shared UDP socket on its port (UDP requests).
 
         Yields ``(held, mux)``; ``mux`` is ``None`` for TCP requests. First releases what a
-        crashed earlier run left behind (``cleanup_on_start``), so leaked mappings do not pile up.
+        crashed earlier run left behind (``cleanup``, default ``cleanup_on_start``), so leaked
+        mappings do not pile up. ``methods`` limits the chain to those methods.
         """
-        chain = self.chain()
-        if self.config.cleanup_on_start:
+        chain = self.chain(methods)
+        if self.config.cleanup_on_start if cleanup is None else cleanup:
             await self.cleanup()
         if request.transport is Transport.UDP:
             from nattrav.datagram import DatagramMux

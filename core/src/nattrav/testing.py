@@ -11,11 +11,18 @@ Fixtures:
 * ``nattrav_telemetry``: a ``Telemetry`` wired to the OpenTelemetry SDK's in-memory exporters
   (needs ``opentelemetry-sdk``), with ``spans()`` and ``metrics()`` helpers.
 
+Test traffic stays on loopback and in the lab: at start-up this plugin sets
+``NATTRAV_NO_PUBLIC_SERVERS=1`` for the whole session (subprocesses inherit it), so a plugin
+never falls back to public default servers (the STUN plugin's defaults, for one) even when a
+test forgets to configure servers. A test of the defaults themselves removes it with
+``monkeypatch.delenv``.
+
 Importing this module is cheap: heavy imports happen inside the fixtures.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal
@@ -35,6 +42,14 @@ from nattrav.models import (
 from nattrav.plugins import PluginHost, module_plugin
 
 __all__ = ["FakeMethod", "fake_method", "nattrav_host", "nattrav_plugin"]
+
+#: Plugins read this to forbid falling back to public servers (see the module docstring).
+NO_PUBLIC_SERVERS_ENV = "NATTRAV_NO_PUBLIC_SERVERS"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests never contact public servers: forbid every public default for the session."""
+    os.environ[NO_PUBLIC_SERVERS_ENV] = "1"
 
 Behaviour = Literal["succeed", "fail", "hang", "unavailable", "flaky", "raise"]
 
