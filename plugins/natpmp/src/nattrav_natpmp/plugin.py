@@ -75,4 +75,9 @@ def nattrav_register_report_sections(registry: ReportRegistry, config: Mapping[s
 
         return await run_section(ctx)
 
-    registry.add(section, name=NAME, title="NAT-PMP / PCP", order=45)
+    def render(data: Mapping[str, Any]) -> list[str]:
+        from nattrav_natpmp.report import render_section
+
+        return render_section(data)
+
+    registry.add(section, name=NAME, title="NAT-PMP / PCP", order=45, render=render)

@@ -138,3 +138,40 @@ async def run_section(ctx: Any) -> dict[str, Any]:
         "gateways": results,
         "gateway_external_ips": externals,
     }
+
+
+def render_section(data: Any) -> list[str]:
+    """Readable lines for the human ``nattrav probe`` output."""
+    lines = []
+    for g in data.get("gateways") or []:
+        if g.get("error"):
+            lines.append(f"{g.get('gateway')}: {g['error']}")
+            continue
+        parts = []
+        for key, label in (("natpmp", "NAT-PMP"), ("pcp", "PCP")):
+            part = g.get(key)
+            if part is None:
+                continue
+            if "error" in part:
+                parts.append(f"{label} no")
+            else:
+                version, epoch = part.get("version"), part.get("epoch")
+                parts.append(f"{label} yes (version {version}, epoch {epoch})")
+        line = f"{g.get('gateway')}: " + (", ".join(parts) or "not asked")
+        if g.get("external_address"):
+            line += f"; external {g['external_address']}"
+        if g.get("verdict"):
+            line += f" ({g['verdict']})"
+        lines.append(line)
+        test = g.get("test_mapping")
+        if isinstance(test, dict):
+            if test.get("created"):
+                lines.append(
+                    f"  test mapping: {test.get('protocol')} {test.get('external')}, "
+                    + ("released" if test.get("released") else "NOT released")
+                )
+            else:
+                lines.append(f"  test mapping: not created ({test.get('error')})")
+    if not lines:
+        lines.append("no default gateway to ask")
+    return lines

@@ -37,7 +37,12 @@ def nattrav_register_report_sections(registry: ReportRegistry, config: Mapping[s
 
         return await run_section(ctx)
 
-    registry.add(section, name="pmtu", title="Path MTU (RFC 8899)", order=80)
+    def render(data: Mapping[str, Any]) -> list[str]:
+        from nattrav_pmtud.report import render_section
+
+        return render_section(data)
+
+    registry.add(section, name="pmtu", title="Path MTU (RFC 8899)", order=80, render=render)
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:

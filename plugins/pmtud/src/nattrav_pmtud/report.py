@@ -100,3 +100,22 @@ async def run_section(ctx: Any) -> Mapping[str, Any]:
     if mapped:
         out["mapped_ips"] = mapped
     return out
+
+
+def render_section(data: Mapping[str, Any]) -> list[str]:
+    """Readable lines for the human ``nattrav probe`` output."""
+    if data.get("note"):
+        return [str(data["note"])]
+    lines = []
+    for p in data.get("paths") or []:
+        if p.get("error"):
+            lines.append(f"{p.get('server')} IPv{p.get('family')}: {p['error']}")
+            continue
+        how = ", ".join(p.get("how") or [])
+        state = "confirmed" if p.get("confirmed") else "unconfirmed"
+        lines.append(
+            f"{p.get('target')} IPv{p.get('family')}: path MTU {p.get('path_mtu')} "
+            f"(UDP payload {p.get('udp_payload')}; {state}; {how}; "
+            f"limited by {p.get('limited_by')})"
+        )
+    return lines or ["no path measured"]

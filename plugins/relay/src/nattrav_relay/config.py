@@ -16,6 +16,7 @@ in one pass. Example::
     ca_file = "/etc/ssl/turn-ca.pem"    # trust for turns: servers (default: the system store)
     self_test = true                    # prove inbound by relaying a datagram to ourselves
     transport_fallback = true           # turn: URIs without ?transport=: UDP, then TCP
+    fallback_after = 2.0                # ... TCP once UDP stayed silent this long (s)
     timeout = 8.0                       # per server allocation attempt (s)
 
     [[plugins.relay.servers]]           # or tables, with per-server settings
@@ -80,6 +81,9 @@ class RelayConfig:
     self_test: bool = True
     self_test_window: float = 1.0
     transport_fallback: bool = True
+    #: with a TCP fallback to come, the UDP attempt gets this long (a blocked network answers
+    #: nothing, and waiting the whole ``timeout`` for it would only delay the relay)
+    fallback_after: float = 2.0
     timeout: float = 8.0
     rto: float = 0.5
     rc: int = 7
@@ -183,7 +187,15 @@ def _check(cfg: RelayConfig) -> list[str]:
         )
     if not 0 <= cfg.lifetime <= 86400:
         problems.append(f"{where} lifetime must be 0-86400 s (0: the server's default)")
-    for key in ("timeout", "rto", "ti", "refresh_margin", "release_timeout", "self_test_window"):
+    for key in (
+        "timeout",
+        "rto",
+        "ti",
+        "refresh_margin",
+        "release_timeout",
+        "self_test_window",
+        "fallback_after",
+    ):
         if getattr(cfg, key) <= 0:
             problems.append(f"{where} {key} must be > 0, got {getattr(cfg, key)}")
     if cfg.keepalive < 0:

@@ -159,10 +159,13 @@ class RelayMethod:
                 if breaker is not None and not breaker.allow():
                     failures.append(f"{server.uri}: circuit breaker open")
                     continue
+                timeout = self.config.timeout
+                if self.config.transport_fallback and fallback_uri(server.uri):
+                    timeout = min(timeout, self.config.fallback_after)
                 try:
                     with _span(ctx, server):
                         endpoint = await stack.enter_async_context(
-                            await self._allocate(ctx, server, families, lifetime)
+                            await self._allocate(ctx, server, families, lifetime, timeout)
                         )
                 except RelayError as exc:
                     if breaker is not None:
@@ -193,8 +196,9 @@ class RelayMethod:
 
     def attempts(self) -> list[ServerConfig]:
         """The servers in order; a ``turn:`` URI that names no transport is tried over UDP
-        and then, if UDP got no answer (UDP blocked, "408 -> try another transport" in
-        hostile-inputs' faults), over TCP on the same port (``transport_fallback``)."""
+        and then, if UDP got no answer within ``fallback_after`` (UDP blocked, "408 -> try
+        another transport" in hostile-inputs' faults), over TCP on the same port
+        (``transport_fallback``)."""
         out: list[ServerConfig] = []
         for server in self.config.servers:
             out.append(server)
@@ -204,7 +208,12 @@ class RelayMethod:
         return out
 
     async def _allocate(
-        self, ctx: AttemptContext, server: ServerConfig, families: tuple[int, ...], lifetime: int
+        self,
+        ctx: AttemptContext,
+        server: ServerConfig,
+        families: tuple[int, ...],
+        lifetime: int,
+        timeout: float | None = None,
     ) -> Any:
         creds = await self.credentials.get(server)
         if creds is None:
@@ -237,7 +246,7 @@ class RelayMethod:
             server_name=server.server_name or self.config.server_name,
             opener=self.opener,
             on_event=forward,
-            allocate_timeout=self.config.timeout,
+            allocate_timeout=self.config.timeout if timeout is None else timeout,
             release_timeout=self.config.release_timeout,
             journal=ctx.journal,
             method=ctx.method,

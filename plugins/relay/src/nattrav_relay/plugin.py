@@ -167,4 +167,9 @@ def nattrav_register_report_sections(
 
         return await report_section(ctx)
 
-    registry.add(section, name=NAME, title="TURN relay", order=90)
+    def render(data: Mapping[str, Any]) -> list[str]:
+        from nattrav_relay.report import render_section
+
+        return render_section(data)
+
+    registry.add(section, name=NAME, title="TURN relay", order=90, render=render)

@@ -107,7 +107,17 @@ async def report_section(ctx: Any) -> dict[str, Any]:
     if pm is not None:
         providers.append(hook_provider(pm))
     source = CredentialSource(config, providers)
-    timeout = max(0.5, min(config.timeout, ctx.options.timeout - config.release_timeout - 1.0))
+    # A transport that answers nothing (UDP blocked) costs a few probe windows, not the
+    # method's whole allocation timeout.
+    window = float(getattr(ctx.options, "window", 0.5))
+    timeout = max(
+        0.5,
+        min(
+            config.timeout,
+            max(2.0, 4 * window),
+            ctx.options.timeout - config.release_timeout - 1.0,
+        ),
+    )
     results: list[dict[str, Any]] = []
 
     async def one(server: ServerConfig, transport: str, uri: str) -> None:
@@ -140,3 +150,25 @@ async def report_section(ctx: Any) -> dict[str, Any]:
         "servers": results,
         "mapped_ips": mapped,
     }
+
+
+def render_section(data: Any) -> list[str]:
+    """Readable lines for the human ``nattrav probe`` output."""
+    if not data.get("configured"):
+        return [str(data.get("note") or "no TURN server configured")]
+    lines = []
+    for r in data.get("servers") or []:
+        if r.get("ok"):
+            lines.append(
+                f"{r['server']} over {r['transport'].upper()}: allocation works "
+                f"({r.get('relayed')}, {r.get('allocate_ms')} ms"
+                + (", deleted)" if r.get("deleted") else ", not confirmed deleted)")
+            )
+        else:
+            lines.append(f"{r['server']} over {r['transport'].upper()}: no ({r.get('error')})")
+    lines.append(
+        "usable: "
+        + ("yes" if data.get("usable") else "no")
+        + " (a relayed address is reachable only by peers with a permission)"
+    )
+    return lines

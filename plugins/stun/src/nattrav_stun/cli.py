@@ -177,32 +177,7 @@ async def _discover(server: Any, cfg: Any, args: argparse.Namespace, window: flo
 
 
 async def report_section(ctx: Any) -> Mapping[str, Any]:
-    """The ``stun`` section of ``nattrav probe``: RFC 5780 classification with the first UDP
-    server, plus ``mapped_ips`` for core's double-NAT verdict."""
-    from nattrav_stun.config import load_config
-    from nattrav_stun.discovery import discover_nat_behaviour
+    """The ``stun`` section of ``nattrav probe`` (see ``nattrav_stun.report``)."""
+    from nattrav_stun.report import report_section as run
 
-    cfg = load_config(ctx.settings("stun"))
-    servers = [s for s in cfg.parsed_servers() if s.transport == "udp"]
-    if not servers:
-        return {
-            "skipped": "no STUN server configured: pass --stun HOST:PORT or set "
-            "[plugins.stun] servers"
-        }
-    options = getattr(ctx, "options", None)
-    window = max(0.3, float(getattr(options, "window", cfg.probe_window)))
-    deep = bool(getattr(options, "deep", False))
-    progress = getattr(ctx, "progress", None)
-    if progress is not None:
-        progress("stun", f"RFC 5780 tests with {servers[0]}")
-    behaviour = await discover_nat_behaviour(
-        servers[0],
-        settings=cfg.client_settings(),
-        window=window,
-        answer_timeout=min(5.0, float(getattr(options, "timeout", 10.0)) / 2),
-        hairpinning=deep,
-    )
-    report = behaviour.to_json()
-    mapped = behaviour.mapping.mapped or behaviour.filtering.mapped
-    report["mapped_ips"] = [mapped.host] if mapped is not None else []
-    return report
+    return await run(ctx)

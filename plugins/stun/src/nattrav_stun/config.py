@@ -17,10 +17,15 @@ server addresses, out-of-range timers), so a user fixes the table in one pass. E
     username = "alice"
     password = "secret"
     mechanism = "long-term"   # or "short-term"
+
+Without a ``servers`` key the public servers in ``DEFAULT_SERVERS`` are used (an explicit
+``servers = []`` means none), unless ``NATTRAV_NO_PUBLIC_SERVERS=1`` is set in the
+environment: then nothing public is ever contacted (nattrav's test suite sets it).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -31,9 +36,34 @@ from nattrav.errors import ConfigError
 
 from nattrav_stun.uri import ServerAddress, parse_server
 
-__all__ = ["CredentialsConfig", "StunConfig", "load_config"]
+__all__ = [
+    "DEFAULT_SERVERS",
+    "NO_PUBLIC_SERVERS_ENV",
+    "CredentialsConfig",
+    "StunConfig",
+    "load_config",
+    "public_defaults_allowed",
+]
 
 PLUGIN = "stun"
+
+#: Well-known public STUN servers, used only when ``[plugins.stun]`` has no ``servers`` key.
+#: Google's and Cloudflare's answer Binding requests (no RFC 5780 behaviour tests: the NAT
+#: type is then "unknown" with the reason); stunprotocol.org's supports RFC 5780.
+DEFAULT_SERVERS: tuple[str, ...] = (
+    "stun.l.google.com:19302",
+    "stun.cloudflare.com:3478",
+    "stun.stunprotocol.org:3478",
+)
+
+#: Set to 1 (or true/yes) to forbid falling back to public default servers.
+NO_PUBLIC_SERVERS_ENV = "NATTRAV_NO_PUBLIC_SERVERS"
+
+
+def public_defaults_allowed(environ: Mapping[str, str] | None = None) -> bool:
+    """False when ``NATTRAV_NO_PUBLIC_SERVERS`` says no public server may be contacted."""
+    env = os.environ if environ is None else environ
+    return env.get(NO_PUBLIC_SERVERS_ENV, "").strip().lower() not in ("1", "true", "yes", "on")
 
 
 @attrs.frozen(repr=False)
@@ -79,7 +109,8 @@ class CredentialsConfig:
 class StunConfig:
     """The whole ``[plugins.stun]`` table (see the module docstring)."""
 
-    servers: tuple[str, ...] = ()
+    #: ``None`` (the key is absent): ``DEFAULT_SERVERS``; ``()``: no server at all
+    servers: tuple[str, ...] | None = None
     credentials: CredentialsConfig | None = None
     rto: float = 0.5
     rc: int = 7
@@ -105,8 +136,19 @@ class StunConfig:
     #: CA bundle for stuns: servers (default: the system store)
     ca_file: str | None = None
 
+    @property
+    def uses_defaults(self) -> bool:
+        """True when no ``servers`` key was given and the public defaults apply."""
+        return self.servers is None and public_defaults_allowed()
+
+    def server_list(self) -> tuple[str, ...]:
+        """The servers to use: the configured ones, else the public defaults (if allowed)."""
+        if self.servers is not None:
+            return self.servers
+        return DEFAULT_SERVERS if public_defaults_allowed() else ()
+
     def parsed_servers(self) -> list[ServerAddress]:
-        return [parse_server(s) for s in self.servers]
+        return [parse_server(s) for s in self.server_list()]
 
     def client_settings(self) -> Any:
         """``driver.ClientSettings`` for this table (imported lazily)."""
@@ -127,7 +169,7 @@ class StunConfig:
 
 def _check(cfg: StunConfig) -> list[str]:
     problems: list[str] = []
-    for server in cfg.servers:
+    for server in cfg.servers or ():
         try:
             parse_server(server)
         except ValueError as exc:

@@ -55,7 +55,7 @@ from nattrav_stun.driver import (
 from nattrav_stun.events import AuthenticationFailed, BindingResult, TimedOut
 from nattrav_stun.uri import ServerAddress
 
-__all__ = ["METHOD", "StunMethod", "query_servers"]
+__all__ = ["METHOD", "StunMethod", "port_talked_to", "query_servers"]
 
 METHOD = "stun"
 
@@ -178,15 +178,25 @@ def _transport(address: Address) -> TransportAddress:
     return TransportAddress(address.host, address.port, Transport.UDP)
 
 
+def port_talked_to(mux: Any, host: str) -> bool:
+    """Has the application's port sent to ``host``? Then the NAT lets that host in anyway."""
+    check = getattr(mux, "has_sent_to", None)
+    return bool(check(host)) if check is not None else False
+
+
 async def filtering_probe(
     client: StunClient,
     primary: BindingResult,
     endpoint: Endpoint,
     window: float,
+    mux: Any = None,
 ) -> tuple[Reachability, str]:
     """CHANGE-REQUEST "change IP and port" from the application's port (see module doc).
 
-    Returns the reachability and a short outcome for ``details["filtering_probe"]``.
+    Returns the reachability and a short outcome for ``details["filtering_probe"]``. ``mux``
+    is the shared port: an answer from an address it already sent to (another configured
+    server, the other method using the port) proves nothing, so the probe is then skipped or
+    its answer not counted (``inconclusive``).
     """
     other = primary.other_address
     server = primary.server
@@ -197,6 +207,14 @@ async def filtering_probe(
                 f"mapped address only; the server cannot test filtering (RFC 5780: {why})"
             ),
             "unsupported",
+        )
+    if port_talked_to(mux, other.host):
+        return (
+            Reachability.unknown(
+                f"RFC 5780 filtering probe skipped: this port already sent to {other.host} "
+                "(another configured server), so an answer from it would prove nothing"
+            ),
+            "inconclusive",
         )
     try:
         answer = await client.binding(
@@ -223,6 +241,14 @@ async def filtering_probe(
                 f"{other}: it ignores CHANGE-REQUEST"
             ),
             "server-ignores-change-request",
+        )
+    if port_talked_to(mux, other.host):
+        return (
+            Reachability.unknown(
+                f"RFC 5780 filtering probe inconclusive: the port sent to {other.host} before "
+                "its answer arrived"
+            ),
+            "inconclusive",
         )
     return (
         Reachability.proven(
@@ -293,7 +319,7 @@ class StunMethod:
             assert primary is not None
             if cfg.filtering_probe:
                 reachability, probe = await filtering_probe(
-                    client, primary, endpoint, cfg.probe_window
+                    client, primary, endpoint, cfg.probe_window, mux
                 )
             else:
                 reachability, probe = Reachability.unknown("mapped address only"), "skipped"

@@ -146,8 +146,13 @@ def nattrav_register_report_sections(registry: ReportRegistry, config: Mapping[s
     """The ``stun`` section of ``nattrav probe``: NAT type and mapped addresses."""
 
     async def section(ctx: Any) -> Mapping[str, Any]:
-        from nattrav_stun.cli import report_section
+        from nattrav_stun.report import report_section
 
         return await report_section(ctx)
 
-    registry.add(section, name=NAME, title="STUN / NAT behaviour", order=20)
+    def render(data: Mapping[str, Any]) -> list[str]:
+        from nattrav_stun.report import render_section
+
+        return render_section(data)
+
+    registry.add(section, name=NAME, title="STUN / NAT behaviour", order=20, render=render)

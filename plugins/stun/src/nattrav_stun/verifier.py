@@ -27,6 +27,7 @@ a TCP candidate, no shared port).
 from __future__ import annotations
 
 from contextlib import AsyncExitStack
+from typing import Any
 
 from nattrav.method import AttemptContext
 from nattrav.models import Candidate, CandidateKind, Reachability, Transport
@@ -35,6 +36,7 @@ from nattrav_stun.codec import CHANGE_IP, CHANGE_PORT, CHANGE_REQUEST, RESPONSE_
 from nattrav_stun.config import StunConfig
 from nattrav_stun.driver import Endpoint, StunClient, StunError
 from nattrav_stun.events import BindingResult
+from nattrav_stun.method import port_talked_to
 from nattrav_stun.uri import ServerAddress
 
 __all__ = ["StunVerifier", "VERIFIER"]
@@ -58,12 +60,17 @@ class StunVerifier:
     async def verify(self, candidate: Candidate, ctx: AttemptContext) -> Reachability | None:
         if candidate.address.transport is not Transport.UDP or ctx.sockets is None:
             return None
-        if candidate.details.get("filtering_probe") not in (None, "skipped"):
+        if candidate.details.get("filtering_probe") not in (None, "skipped", "inconclusive"):
             return None  # the stun method already ran this very probe from this port
         family = candidate.address.family
         if family not in ctx.sockets.families:
             return None
-        servers = [s for s in self.config.parsed_servers() if s.transport == "udp"]
+        # Servers that can speak for this family (an IP literal of the other family cannot).
+        servers = [
+            s
+            for s in self.config.parsed_servers()
+            if s.transport == "udp" and (not s.is_literal or (":" in s.host) == (family == 6))
+        ]
         if not servers:
             return None
         async with AsyncExitStack() as stack:
@@ -75,9 +82,11 @@ class StunVerifier:
             for server in servers[:2]:
                 try:
                     if candidate.kind is CandidateKind.PORT_MAPPED:
-                        verdict = await self._port_mapped(client, candidate, server, family)
+                        verdict = await self._port_mapped(
+                            client, candidate, server, family, ctx.sockets
+                        )
                     else:
-                        verdict = await self._reflexive(client, candidate, server, app)
+                        verdict = await self._reflexive(client, candidate, server, app, ctx.sockets)
                 except StunError:
                     continue
                 if verdict is not None:
@@ -85,7 +94,12 @@ class StunVerifier:
         return None
 
     async def _reflexive(
-        self, client: StunClient, candidate: Candidate, server: ServerAddress, app: Endpoint
+        self,
+        client: StunClient,
+        candidate: Candidate,
+        server: ServerAddress,
+        app: Endpoint,
+        mux: Any,
     ) -> Reachability | None:
         window = self.config.probe_window
         family = candidate.address.family
@@ -94,8 +108,8 @@ class StunVerifier:
         if first.mapped != target:
             return None  # this server sees another address: it cannot speak for the candidate
         other = _distinct_other(first)
-        if other is None:
-            return None
+        if other is None or port_talked_to(mux, other.host):
+            return None  # no alternate address, or the port let it in already: cannot tell
         try:
             answer = await client.binding(
                 first.server,
@@ -107,8 +121,8 @@ class StunVerifier:
         except StunError:
             answer = None
         if answer is not None:
-            if answer.source != other:
-                return None  # the server ignores CHANGE-REQUEST
+            if answer.source != other or port_talked_to(mux, other.host):
+                return None  # ignores CHANGE-REQUEST, or the port talked to it meanwhile
             return Reachability.proven(
                 f"STUN CHANGE-REQUEST: {other}, an address this port never sent to, reached "
                 f"{target}"
@@ -126,7 +140,12 @@ class StunVerifier:
         )
 
     async def _port_mapped(
-        self, client: StunClient, candidate: Candidate, server: ServerAddress, family: int
+        self,
+        client: StunClient,
+        candidate: Candidate,
+        server: ServerAddress,
+        family: int,
+        mux: Any,
     ) -> Reachability | None:
         window = self.config.probe_window
         external = Address(candidate.address.host, candidate.address.port)
@@ -164,6 +183,10 @@ class StunVerifier:
             )
         if answer.received_on is None:
             return None  # it came back to the probe socket itself: proves nothing here
+        if port_talked_to(mux, answer.source.host):
+            # The application's port sent to that address: with a NAT mapping the same external
+            # port, the answer may have come in through that flow, not the gateway's mapping.
+            return None
         return Reachability.proven(
             f"a STUN answer sent from {answer.source} to the mapped address {external} "
             f"(RESPONSE-PORT) arrived at the application's port {answer.received_on.port}"

@@ -123,6 +123,12 @@ def nattrav_register_commands(registry: CommandRegistry) -> None:
     )
 
 
+def _render(data: Any) -> list[str]:
+    from nattrav_upnp.report import render_section
+
+    return render_section(data)
+
+
 async def _report(ctx: Any) -> Any:
     from nattrav_upnp.report import upnp_section
 
@@ -132,4 +138,4 @@ async def _report(ctx: Any) -> Any:
 @hookimpl
 def nattrav_register_report_sections(registry: ReportRegistry, config: dict[str, Any]) -> None:
     """Add the ``upnp`` section to ``nattrav probe`` (devices, services, double-NAT input)."""
-    registry.add(_report, name="upnp", title="UPnP IGD", order=40)
+    registry.add(_report, name="upnp", title="UPnP IGD", order=40, render=_render)

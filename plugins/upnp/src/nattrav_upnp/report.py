@@ -99,3 +99,29 @@ async def _test_mapping(method: UpnpMethod, transport: Any, best: Any) -> dict[s
     result["released"] = lease.released
     result["quirks"] = method.quirks.get(best.device_key).as_dict()
     return result
+
+
+def render_section(data: Any) -> list[str]:
+    """Readable lines for the human ``nattrav probe`` output."""
+    if not data.get("present"):
+        return [f"no IGD: {data.get('reason')}"]
+    lines = []
+    for s in data.get("services") or []:
+        lines.append(
+            f"IGD v{s.get('igd_version')} {s.get('service')} ({s.get('status') or 'status ?'}): "
+            f"external {s.get('external_ip') or '-'} ({s.get('reason')})"
+        )
+    lines.append(
+        f"usable for mappings: {'yes' if data.get('usable') else 'no'}; IPv6 pinholes: "
+        + ("yes" if data.get("pinholes") else "no")
+    )
+    test = data.get("test_mapping")
+    if isinstance(test, dict):
+        if test.get("created"):
+            lines.append(
+                f"test mapping: created {test.get('endpoint')}, "
+                + ("released" if test.get("released") else "NOT released")
+            )
+        else:
+            lines.append(f"test mapping: not created ({test.get('error')})")
+    return lines
