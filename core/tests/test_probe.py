@@ -153,3 +153,122 @@ def test_cli_probe_json_and_table(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     assert "double NAT: yes" in text and "Chain verdict: fake -> 198.51.100.7:40000" in text
     assert "error: no result within 1.0 s" in text  # the slow section
     assert main(["probe", "--window", "0.1"], extra_plugins=[sections_plugin()]) == 2
+
+
+def _hops(*ips: str | None, reached_last: bool = False) -> list[dict[str, Any]]:
+    out = [{"ttl": n, "ip": ip, "reached": False} for n, ip in enumerate(ips, 1)]
+    if reached_last:
+        out[-1]["reached"] = True
+    return out
+
+
+@pytest.mark.parametrize(
+    ("sections", "expected", "why"),
+    [
+        # miniupnpd learned the CGNAT's address by STUN: only the path shows the CGNAT.
+        (
+            {
+                "u": {"gateway_external_ips": ["198.51.100.2"]},
+                "s": {
+                    "mapped_ips": ["198.51.100.2"],
+                    "path_hops": _hops(
+                        "192.168.1.1", "100.64.1.1", "203.0.113.1", reached_last=True
+                    ),
+                },
+            },
+            (True, True),
+            "hop 2 (100.64.1.1)",
+        ),
+        # No gateway information; the first router after it is public.
+        (
+            {
+                "s": {
+                    "mapped_ips": ["198.51.100.2"],
+                    "path_hops": _hops("192.168.1.1", "203.0.113.1"),
+                }
+            },
+            (False, False),
+            "hop 2, 203.0.113.1",
+        ),
+        # A private hop could be another NAT or a provider's routing: undecided, and said so.
+        (
+            {"s": {"mapped_ips": ["198.51.100.2"], "path_hops": _hops("192.168.1.1", "10.0.0.1")}},
+            (None, None),
+            "hop 2 (10.0.0.1) is private",
+        ),
+        # Silence past the gateway (UDP blocked) decides nothing.
+        (
+            {"s": {"path_hops": _hops("192.168.1.1", None, None)}},
+            (None, None),
+            "no gateway reported",
+        ),
+    ],
+)
+def test_double_nat_verdict_from_path_hops(
+    sections: dict[str, Any], expected: tuple[bool | None, bool | None], why: str
+) -> None:
+    v = double_nat_verdict(sections, {"192.168.1.10"})
+    assert (v["double_nat"], v["cgnat"]) == expected
+    assert why in v["why"]
+    assert v["path_hops"] and v["path_hops"][0]["ip"] == "192.168.1.1"
+
+
+class _Refuting:
+    """A verifier that refutes every candidate: the gateway "maps" but nothing arrives."""
+
+    async def verify(self, candidate: Any, ctx: Any) -> Any:
+        from nattrav.models import Reachability
+
+        return Reachability.refused("nothing arrived")
+
+
+class _Proving:
+    async def verify(self, candidate: Any, ctx: Any) -> Any:
+        from nattrav.models import Reachability
+
+        return Reachability.proven("a packet arrived")
+
+
+@pytest.mark.parametrize("verifier", ["proving", "refuting"])
+@pytest.mark.anyio
+async def test_test_mapping_creates_verifies_and_releases_each_port_mapper(
+    tmp_path: Path, verifier: str
+) -> None:
+    from nattrav.models import CandidateKind as Kind
+
+    mapper = FakeMethod("mapper", kind=Kind.PORT_MAPPED, inbound=Inbound.YES)
+    other = FakeMethod("reflexive", kind=Kind.SERVER_REFLEXIVE)
+
+    def methods(registry: Any) -> None:
+        registry.add(mapper, name="mapper", priority=40, kind=Kind.PORT_MAPPED, timeout=2.0)
+        registry.add(other, name="reflexive", priority=20, kind=Kind.SERVER_REFLEXIVE)
+
+    def verifiers(registry: Any) -> None:
+        registry.add(_Proving if verifier == "proving" else _Refuting, name="v")
+
+    host = PluginHost.load(
+        structure_config({"state_dir": str(tmp_path), "retry": {"wait_initial": 0.0}}),
+        entry_points=[],
+        builtins=False,
+        disabled=(),
+        extra=[
+            ("m", module_plugin("m", nattrav_register_methods=methods)),
+            ("v", module_plugin("v", nattrav_register_verifiers=verifiers)),
+        ],
+    )
+    report = await run_probe(
+        Runtime(host), ProbeOptions(window=0.3, timeout=3.0, test_mapping=True, chain=False)
+    )
+    jsonschema.validate(report, SCHEMA)
+    (test,) = report["mapping_tests"]  # only the port mapper is tested
+    assert test["method"] == "mapper" and test["created"] is True
+    assert test["endpoint"] == "198.51.100.7:40000"
+    assert test["released"] is True and mapper.released
+    if verifier == "proving":
+        assert test["verified"] is True and test["how"] == "a packet arrived"
+        assert test["error"] is None and test["tries"] == 1
+    else:
+        assert test["verified"] is False and test["inbound"] == "no"
+        assert test["tries"] == 2 and "abandoned" in test["error"]  # deleted, re-added, given up
+        assert mapper.events.count("acquire") == 2 and mapper.events.count("release") == 2
+    assert report["chain"] is None

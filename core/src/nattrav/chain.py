@@ -464,9 +464,7 @@ class Chain:
                 assert best.acquisition is not None
                 kind = best.acquisition.candidate.kind.preference
                 better = [a for a in attempts if a.running and a.index < best.index]
-                hopeful = [
-                    i for i in pending if i < best.index and specs[i].kind.preference < kind
-                ]
+                hopeful = [i for i in pending if i < best.index and specs[i].kind.preference < kind]
                 if (not better and not hopeful) or now >= grace_deadline:
                     winner = best
                     break
@@ -481,10 +479,7 @@ class Chain:
             if nxt is None and not running:
                 break
             if nxt is not None and (
-                best is not None
-                or not running
-                or now >= last_launch + stagger
-                or nxt in overdue
+                best is not None or not running or now >= last_launch + stagger or nxt in overdue
             ):
                 launch(nxt)
                 last_launch = now

@@ -434,8 +434,7 @@ def _print_report(cli: Cli, report: Mapping[str, Any]) -> None:
     gws = report["gateways"]
     cli.line()
     cli.line(
-        "default gateways: "
-        + (", ".join(f"{g['ip']} ({g['interface']})" for g in gws) or "none")
+        "default gateways: " + (", ".join(f"{g['ip']} ({g['interface']})" for g in gws) or "none")
     )
     for name, data in report["sections"].items():
         cli.line()
@@ -462,8 +461,7 @@ def _print_report(cli: Cli, report: Mapping[str, Any]) -> None:
     yes_no = {True: "yes", False: "no", None: "unknown"}
     cli.line(f"  NAT (IPv4): {yes_no[_negate(nat['no_nat'])]}")
     cli.line(
-        f"  double NAT: {yes_no[nat['double_nat']]}"
-        + (f" ({nat['why']})" if nat["why"] else "")
+        f"  double NAT: {yes_no[nat['double_nat']]}" + (f" ({nat['why']})" if nat["why"] else "")
     )
     cli.line(f"  carrier-grade NAT: {yes_no[nat['cgnat']]}")
     if nat.get("path_hops"):

@@ -7,11 +7,11 @@ address in 100.64.0.0/10 (RFC 6598, reserved for exactly that). ``nattrav probe`
 hops (section key ``path_hops``) for its double-NAT verdict.
 
 How: one UDP socket per TTL (1 to ``max_hops``), each sending one empty datagram towards the
-target (port 33434, as traceroute does) at the same time; each router whose TTL expires answers ICMP Time Exceeded, the target itself
-answers Port Unreachable (or nothing). The answers are read from the socket's error queue
-(Linux ``IP_RECVERR``/``IPV6_RECVERR``), so no raw socket and no privilege is needed. Every
-hop costs at most one ``window``; they all run at once. Elsewhere ``trace_hops`` returns
-``None`` (unsupported), never a wrong answer.
+target (port 33434, as traceroute does) at the same time; each router whose TTL expires
+answers ICMP Time Exceeded, the target itself answers Port Unreachable (or nothing). The
+answers are read from the socket's error queue (Linux ``IP_RECVERR``/``IPV6_RECVERR``), so no
+raw socket and no privilege is needed. Every hop costs at most one ``window``; they all run at
+once. Elsewhere ``trace_hops`` returns ``None`` (unsupported), never a wrong answer.
 """
 
 from __future__ import annotations

@@ -19,11 +19,10 @@ versioned, documented in ``docs/json.md`` and checked against
 ``nattrav/schemas/probe.schema.json``.
 
 With ``test_mapping`` core also runs every installed port-mapping method (candidate kind
-``mapped``) on its own, exactly as ``map`` would: a real mapping is created, the installed
-verifiers prove or refute that inbound traffic arrives through it (a refuted one is deleted,
-added once more, then abandoned), and it is released. That runs after the chain verdict has
-released its endpoint, so the journal check that follows ("nothing of this method left") is
-about these mappings alone.
+``mapped``) on its own, exactly as ``map`` would, on a port of its own: a real mapping is
+created, the installed verifiers prove or refute that inbound traffic arrives through it (a
+refuted one is deleted, added once more, then abandoned), and it is released. Once everything
+has ended, the journal must hold nothing of that method from this process ("released").
 """
 
 from __future__ import annotations
@@ -310,14 +309,20 @@ async def _test_mapping(runtime: Runtime, method: str) -> dict[str, Any]:
             out["error"] = str(exc)
     except NatTravError as exc:
         out["error"] = str(exc)
-    # Released means the method's context exited and it left nothing in the journal.
-    pid = os.getpid()
-    left = [e for e in runtime.journal.entries() if e.pid == pid and e.method == method]
-    out["released"] = not left
-    if left:
-        out["left_in_journal"] = [e.id for e in left]
     out["duration"] = round(time.monotonic() - started, 3)
     return out
+
+
+def _check_released(runtime: Runtime, tests: list[dict[str, Any]]) -> None:
+    """Released means the method's context exited and this process left nothing of that
+    method in the journal (checked once everything, the chain verdict too, has ended)."""
+    pid = os.getpid()
+    entries = runtime.journal.entries()
+    for test in tests:
+        left = [e.id for e in entries if e.pid == pid and e.method == test["method"]]
+        test["released"] = not left
+        if left:
+            test["left_in_journal"] = left
 
 
 async def run_probe(
@@ -404,18 +409,15 @@ async def run_probe(
                 tg.start_soon(one, name)
         mapping_tests = [found[n] for n in names]
 
-    async def chain_then_mappings() -> None:
-        # Sequential: the chain verdict's own mapping is released before the tests start, so
-        # each test's journal check sees only its own entries.
-        if options.chain:
-            await run_chain()
-        if options.test_mapping:
-            await run_mapping_tests()
-
     async with anyio.create_task_group() as tg:
         for spec in specs:
             tg.start_soon(run_section, spec.name, spec.run)
-        tg.start_soon(chain_then_mappings)
+        if options.chain:
+            tg.start_soon(run_chain)
+        if options.test_mapping:
+            tg.start_soon(run_mapping_tests)
+    if mapping_tests is not None:
+        _check_released(runtime, mapping_tests)
 
     local_ips = {a.ip for a in interfaces}
     return {

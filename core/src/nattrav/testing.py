@@ -51,6 +51,7 @@ def pytest_configure(config: pytest.Config) -> None:
     """Tests never contact public servers: forbid every public default for the session."""
     os.environ[NO_PUBLIC_SERVERS_ENV] = "1"
 
+
 Behaviour = Literal["succeed", "fail", "hang", "unavailable", "flaky", "raise"]
 
 
