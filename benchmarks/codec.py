@@ -273,7 +273,9 @@ def measure(
     for r in range(rounds):
         for label, fns in plans:
             for who in order if r % 2 == 0 else order[::-1]:
-                samples[label][who].append(harness.per_op_ns(fns[who], numbers[label, who]) / 1000)
+                samples[label][who].append(
+                    harness.best_per_op_ns(fns[who], numbers[label, who]) / 1000
+                )
         if progress is not None:
             progress(f"codec round {r + 1}/{rounds}")
     return samples, [label for label, _ in plans]

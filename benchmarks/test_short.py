@@ -40,10 +40,10 @@ def _check(report: Report) -> None:
 def test_codec_short() -> None:
     """Codec build+parse vs aioice: geometric mean >= 1.5x, no case below 0.75x."""
     try:
-        samples, labels = codec.measure(rounds=3, sample_seconds=0.004)
+        samples, labels = codec.measure(rounds=5, sample_seconds=0.008)
     except Unavailable as exc:
         pytest.fail(f"benchmark cannot run: {exc}")
-    report = Report("codec-short", "codec, short (targets halved)", rounds=3, quick=True)
+    report = Report("codec-short", "codec, short (targets halved)", rounds=5, quick=True)
     for label in labels:
         report.compare(
             label,
