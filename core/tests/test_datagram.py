@@ -127,3 +127,22 @@ async def test_the_mux_remembers_where_the_port_sent(monkeypatch: pytest.MonkeyP
         await mux.send_to(b"z", ("127.0.0.4", 9))
         await mux.send_to(b"z", ("127.0.0.5", 9))  # past the limit: it stops counting
         assert mux.has_sent_to("127.0.0.99")  # and says yes to anything (the safe answer)
+
+
+async def test_late_datagrams_of_a_protocol_that_let_go_never_reach_the_app() -> None:
+    async with DatagramMux.open(0, families={4}) as mux:
+        sub = mux.subscribe("proto", _is_tagged)
+        mux.unsubscribe(sub, linger=0.3)
+        peer = await anyio.create_udp_socket(local_host="127.0.0.1")
+        await peer.sendto(b"\x00late answer", "127.0.0.1", mux.port)
+        await peer.sendto(b"app data", "127.0.0.1", mux.port)
+        with anyio.fail_after(2):
+            data, _src = await mux.app.receive()
+        assert data == b"app data"  # the late protocol datagram was dropped, not delivered
+        assert mux.late_dropped == 1
+        await anyio.sleep(0.35)  # after the linger, the port is the application's again
+        await peer.sendto(b"\x00app's own", "127.0.0.1", mux.port)
+        with anyio.fail_after(2):
+            data, _src = await mux.app.receive()
+        assert data == b"\x00app's own"
+        await peer.aclose()

@@ -14,12 +14,18 @@ and a flood cannot grow memory).
 The mux remembers which IP addresses the port has sent to (``has_sent_to``), because a NAT's
 filter is per port: an "unsolicited" answer from an address the port already talked to proves
 nothing about inbound reachability, and verifiers must not count it.
+
+A protocol that lets go of the port may still get answers (a retransmitted request answered
+twice, a probe answered after its window): ``unsubscribe(sub, linger=s)`` keeps its classifier
+for ``s`` seconds, and what it claims then is dropped (counted in ``late_dropped``) instead of
+reaching the application as if a peer had sent it.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -119,6 +125,8 @@ class DatagramMux:
         self.send_errors = 0
         self._sent_to: set[str] = set()
         self._sent_overflow = False
+        self._lingering: list[tuple[float, Classifier]] = []
+        self.late_dropped = 0
 
     @property
     def families(self) -> frozenset[int]:
@@ -192,19 +200,25 @@ class DatagramMux:
         self._subs.append(sub)
         return sub
 
-    def unsubscribe(self, sub: Subscription) -> None:
+    def unsubscribe(self, sub: Subscription, *, linger: float = 0.0) -> None:
+        """Stop delivering to ``sub``; with ``linger`` its classifier keeps claiming (and
+        dropping) late datagrams that long, so they never reach the application."""
         with suppress(ValueError):
             self._subs.remove(sub)
         sub._send.close()
         sub._recv.close()
+        if linger > 0:
+            self._lingering.append((time.monotonic() + linger, sub.classifier))
 
     @asynccontextmanager
-    async def subscription(self, name: str, classifier: Classifier) -> AsyncIterator[Subscription]:
+    async def subscription(
+        self, name: str, classifier: Classifier, *, linger: float = 0.0
+    ) -> AsyncIterator[Subscription]:
         sub = self.subscribe(name, classifier)
         try:
             yield sub
         finally:
-            self.unsubscribe(sub)
+            self.unsubscribe(sub, linger=linger)
 
     def has_sent_to(self, host: str) -> bool:
         """True if this port has sent to ``host`` (an IP literal) since it was opened.
@@ -281,7 +295,22 @@ class DatagramMux:
                 except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                     continue
                 return
+        if self._lingering and self._late(data, source):
+            self.late_dropped += 1
+            return
         try:
             self._app_send.send_nowait((data, source))
         except (anyio.WouldBlock, anyio.BrokenResourceError):
             self.app_dropped += 1
+
+    def _late(self, data: bytes, source: TransportAddress) -> bool:
+        """Does a protocol that let go of the port recently still claim this datagram?"""
+        now = time.monotonic()
+        self._lingering = [(until, c) for until, c in self._lingering if until > now]
+        for _until, classifier in self._lingering:
+            try:
+                if classifier(data, source):
+                    return True
+            except Exception:
+                continue
+        return False

@@ -322,6 +322,10 @@ class UdpEndpoint(Endpoint):
         self.sock.close()
 
 
+#: Seconds a closed client's shared-port classifier still claims (and drops) late answers.
+MUX_LINGER = 10.0
+
+
 class MuxEndpoint(Endpoint):
     """The application's shared UDP port: a ``DatagramMux`` subscription."""
 
@@ -384,7 +388,9 @@ class MuxEndpoint(Endpoint):
             return
         self.closed = True
         if self.subscription is not None:
-            self.mux.unsubscribe(self.subscription)
+            # Answers to our last requests may still come (a retransmission answered twice, a
+            # probe answered after its window): they are ours, not the application's.
+            self.mux.unsubscribe(self.subscription, linger=MUX_LINGER)
 
 
 class StreamEndpoint(Endpoint):

@@ -370,9 +370,11 @@ class HttpTransport:
         what = f"{method} {url}"
         try:
             with anyio.fail_after(self.timeout):
-                async with self._client.stream(
+                request = self._client.build_request(
                     method, str(url), headers=list(headers), content=body
-                ) as response:
+                )
+                request.stream = _Body(body or b"")
+                async with _streamed(self._client, request) as response:
                     status = response.status_code
                     if 300 <= status < 400:
                         raise UpnpHttpError(
@@ -412,3 +414,43 @@ class HttpTransport:
             raise UpnpHttpError(f"{what}: {type(exc).__name__}: {exc}") from None
         except OSError as exc:
             raise UpnpHttpError(f"{what}: {exc.strerror or exc}") from None
+
+
+class _Body(httpx.AsyncByteStream):
+    """A request body as one chunk, iterated without an async generator.
+
+    httpx's own body stream is an async generator suspended at its ``yield`` while the bytes
+    are written; a request cancelled right then (the chain cancelling a losing attempt) leaves
+    it suspended, and trio warns when it is garbage collected. A plain iterator has no frame
+    to leave behind.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return _Once(self._data)
+
+
+class _Once:
+    def __init__(self, data: bytes) -> None:
+        self._data: bytes | None = data
+
+    def __aiter__(self) -> _Once:
+        return self
+
+    async def __anext__(self) -> bytes:
+        data, self._data = self._data, None
+        if data is None:
+            raise StopAsyncIteration
+        return data
+
+
+@asynccontextmanager
+async def _streamed(client: httpx.AsyncClient, request: httpx.Request) -> AsyncIterator[Any]:
+    response = await client.send(request, stream=True)
+    try:
+        yield response
+    finally:
+        with anyio.CancelScope(shield=True):
+            await response.aclose()

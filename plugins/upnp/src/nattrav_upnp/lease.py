@@ -45,7 +45,12 @@ from nattrav.models import LeaseEvent, LeaseEventKind, Transport, TransportAddre
 from nattrav.taskgroups import single_errors
 
 from nattrav_upnp.control import ConnectionClient, FirewallClient, PortMappingEntry
-from nattrav_upnp.errors import NoSuchEntryError, UpnpActionError, UpnpHttpError
+from nattrav_upnp.errors import (
+    InvalidArgsError,
+    NoSuchEntryError,
+    UpnpActionError,
+    UpnpHttpError,
+)
 from nattrav_upnp.planner import GatewayQuirks, LeaseSchedule, MappingPlanner, MapStep
 from nattrav_upnp.selection import ExternalVerdict, classify_external_ip
 
@@ -556,6 +561,12 @@ class PortMappingLease:
             self.entry = None
 
 
+#: What a gateway answers for a pinhole it does not know: 704 NoSuchEntry, or (miniupnpd 2.3,
+#: also after a reboot that lost its state) 402 Invalid Args for the unknown UniqueID; the
+#: arguments we send are otherwise always valid (lease 1..86400 is checked by the config).
+_PINHOLE_GONE = (NoSuchEntryError, InvalidArgsError)
+
+
 class PinholeLease:
     """One IPv6 pinhole (WANIPv6FirewallControl:1) this process owns.
 
@@ -658,7 +669,7 @@ class PinholeLease:
                     self.client = await self.reconnect()
                 try:
                     await self.client.update_pinhole(self.pinhole.unique_id, self.lease)
-                except NoSuchEntryError:
+                except _PINHOLE_GONE:
                     before = self.pinhole
                     if outage_since is None:
                         self._emit(LeaseEventKind.LOST, "the gateway no longer has the pinhole")
@@ -701,7 +712,7 @@ class PinholeLease:
                     await anyio.sleep(0.1)
                 try:
                     await self.client.delete_pinhole(pinhole.unique_id)
-                except NoSuchEntryError:
+                except _PINHOLE_GONE:
                     done = True
                     break
                 except NatTravError as exc:

@@ -39,7 +39,7 @@ from nattrav_upnp.config import UpnpConfig
 from nattrav_upnp.control import ConnectionClient, FirewallClient
 from nattrav_upnp.description import ServiceInfo, classify_service_type
 from nattrav_upnp.driver import HttpTransport, SearchPlan, local_address_for
-from nattrav_upnp.errors import NoSuchEntryError, UpnpHttpError
+from nattrav_upnp.errors import InvalidArgsError, NoSuchEntryError, UpnpHttpError
 from nattrav_upnp.gateway import Discovery, FoundDevice, discover, probe_services
 from nattrav_upnp.lease import MappedPort, PinholeLease, PortMappingLease, hold, owns
 from nattrav_upnp.planner import QuirkBook
@@ -328,8 +328,8 @@ class UpnpMethod:
                 return
             try:
                 await FirewallClient(transport, service).delete_pinhole(int(uid))
-            except NoSuchEntryError:
-                pass
+            except (NoSuchEntryError, InvalidArgsError):
+                pass  # gone (miniupnpd answers 402 for an unknown UniqueID)
             return
         client = ConnectionClient(transport, service)
         mapping = MappedPort(
