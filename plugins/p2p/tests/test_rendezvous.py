@@ -41,8 +41,9 @@ async def test_two_peers_swap_messages(server: tuple[str, RendezvousServer]) -> 
                 assert await a.receive() == {"type": "answer"}
         # Rooms are separate and vanish with their last peer.
         assert list(srv.rooms) == ["room-1"]
-    await anyio.sleep(0.05)
-    assert srv.rooms == {}
+    with anyio.fail_after(5):  # the server notices the close on its own schedule
+        while srv.rooms:
+            await anyio.sleep(0.01)
 
 
 async def test_third_peer_is_refused(server: tuple[str, RendezvousServer]) -> None:

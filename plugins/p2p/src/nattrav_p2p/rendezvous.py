@@ -37,6 +37,7 @@ import anyio
 import anyio.abc
 import attrs
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -93,19 +94,23 @@ class _WsChannel:
                 await self.stream.send(data)
 
     async def send_json(self, value: Any) -> None:
-        if self.closed:
+        if self.closed or self.ws.state is not ConnectionState.OPEN:
             raise _Closed("connection closed")
         await self._write(self.ws.send(TextMessage(data=json.dumps(value))))
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        if not self.closed:
-            self.closed = True
-            with suppress(
-                WsLocalError, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError
-            ):
-                await self._write(self.ws.send(CloseConnection(code=code, reason=reason)))
-        with suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            await self.stream.aclose()
+        """Say goodbye if we can, and always close the TCP stream: a stream left open (the
+        goodbye was cut short by a deadline) would keep the other side waiting forever."""
+        try:
+            if not self.closed:
+                self.closed = True
+                with suppress(
+                    WsLocalError, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError
+                ):
+                    await self._write(self.ws.send(CloseConnection(code=code, reason=reason)))
+        finally:
+            with suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await self.stream.aclose()
 
     async def receive_json(self) -> Any:
         while not self._pending:
@@ -211,7 +216,7 @@ class RendezvousServer:
                     return
                 others = [p for p in self.rooms.get(room, []) if p is not peer]
                 if others:
-                    with suppress(_Closed, OSError, anyio.BrokenResourceError):
+                    with suppress(_Closed, WsLocalError, OSError, anyio.BrokenResourceError):
                         await others[0].channel.send_json({"msg": message})
                 else:
                     queue = self.held.setdefault(room, deque())
@@ -224,13 +229,16 @@ class RendezvousServer:
             log.info("rendezvous: dropped a client: %s", exc)
         except (_Closed, TimeoutError, OSError, anyio.BrokenResourceError) as exc:
             log.debug("rendezvous: connection ended: %s", exc)
+        except Exception as exc:  # one client must never take the server down
+            self.rejected += 1
+            log.warning("rendezvous: client handler failed: %s: %s", type(exc).__name__, exc)
         finally:
             if peer is not None:
                 members = self.rooms.get(peer.room, [])
                 if peer in members:
                     members.remove(peer)
                 for other in members:
-                    with suppress(_Closed, OSError, anyio.BrokenResourceError):
+                    with suppress(_Closed, WsLocalError, OSError, anyio.BrokenResourceError):
                         await other.channel.send_json({"peer": "left"})
                 if not members:
                     self.rooms.pop(peer.room, None)
