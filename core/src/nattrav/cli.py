@@ -25,7 +25,7 @@ from nattrav.config import Config, load_raw, merge, structure_config
 from nattrav.errors import ChainExhausted, ConfigError, MethodError, NatTravError
 from nattrav.plugins import PluginHost, PluginRecord
 
-__all__ = ["Cli", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "main", "plugins_main"]
+__all__ = ["Cli", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "main", "plugins_main", "prepare"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -89,6 +89,8 @@ class Cli:
             # Flags may have changed the config the plugins registered with: reload if so.
             same = self.raw_config == self.host_raw
             host = self.host if same else PluginHost.load(self.config, extra=self.extra_plugins)
+            if not same:
+                _refuse_broken_by_flags(self.host, host)
             from nattrav.telemetry import Telemetry
 
             self._runtime = Runtime(host, telemetry=Telemetry(meter_provider=self.meter_provider))
@@ -125,6 +127,22 @@ class Cli:
             self.line("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
             if n == 0:
                 self.line("  ".join("-" * w for w in widths))
+
+
+def _refuse_broken_by_flags(before: PluginHost, after: PluginHost) -> None:
+    """A plugin that the command-line options broke (``--stun 2001:db8::1:3478``) is a usage
+    error, not a plugin to skip quietly: the user asked for exactly that setting."""
+    problems: list[str] = []
+    for name, record in after.records.items():
+        old = before.records.get(name)
+        if record.status.value != "broken" or (old is not None and old.status.value == "broken"):
+            continue
+        if isinstance(record.exception, ConfigError):
+            problems += record.exception.problems
+        else:
+            problems.append(f"plugin {name}: {record.error}")
+    if problems:
+        raise ConfigError(problems, source="the command line")
 
 
 # --------------------------------------------------------------------------- plugins list
@@ -700,17 +718,8 @@ def main(
     try:
         pre = _preparse(argv)
         _setup_logging(pre.verbose, pre.log_json)
-        raw, source = load_raw(pre.config)
-        config = structure_config(raw, source=source)
-        host = PluginHost.load(config, extra=extra_plugins)
-        parser = _build_parser(host, prog)
-        args = parser.parse_args(argv)
-        cli = Cli(args, raw, source, host, out=out, err=err, extra_plugins=extra_plugins)
-        for opt in host.options:
-            dest = _dest(opt.flags, opt.kwargs)
-            value = getattr(args, dest, None)
-            if value is not None and value is not False and args.command in opt.commands:
-                opt.apply(value, cli.raw_config)
+        cli = prepare(argv, prog=prog, extra_plugins=extra_plugins, out=out, err=err)
+        args = cli.args
         handler: Callable[[argparse.Namespace, Cli], Any] = args.handler
         with contextlib.ExitStack() as stack:
             if args.metrics_port is not None:
@@ -744,6 +753,32 @@ def main(
         return 130
     except SystemExit as exc:  # --help and --version exit through argparse
         return exc.code if isinstance(exc.code, int) else EXIT_OK
+
+
+def prepare(
+    argv: Sequence[str],
+    *,
+    prog: str = "nattrav",
+    extra_plugins: Sequence[tuple[str, object]] = (),
+    out: IO[str] | None = None,
+    err: IO[str] | None = None,
+) -> Cli:
+    """Parse ``argv`` and fold plugin options (``--stun``, ``--turn``...) into the config,
+    without running the command: what ``main`` does before it runs one (and what tests use to
+    check how flags end up in the configuration)."""
+    pre = _preparse(argv)
+    raw, source = load_raw(pre.config)
+    config = structure_config(raw, source=source)
+    host = PluginHost.load(config, extra=extra_plugins)
+    parser = _build_parser(host, prog)
+    args = parser.parse_args(list(argv))
+    cli = Cli(args, raw, source, host, out=out, err=err, extra_plugins=extra_plugins)
+    for opt in host.options:
+        dest = _dest(opt.flags, opt.kwargs)
+        value = getattr(args, dest, None)
+        if value is not None and value is not False and args.command in opt.commands:
+            opt.apply(value, cli.raw_config)
+    return cli
 
 
 def _dest(flags: Sequence[str], kwargs: Mapping[str, Any]) -> str:

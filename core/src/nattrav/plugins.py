@@ -71,6 +71,8 @@ class PluginRecord:
     methods: list[tuple[str, int]] = attrs.field(factory=list)
     builtin: bool = False
     module: str | None = None
+    #: what broke it (a ``ConfigError`` for a bad ``[plugins.<name>]`` table)
+    exception: BaseException | None = attrs.field(default=None, eq=False, repr=False)
 
 
 def disabled_from_env(environ: Mapping[str, str] | None = None) -> frozenset[str]:
@@ -195,6 +197,7 @@ class PluginHost:
         except Exception as exc:
             record.status = PluginStatus.BROKEN
             record.error = _describe(exc)
+            record.exception = exc
             for attr, _cls, _cfg in _REGISTRATION_HOOKS.values():
                 getattr(self, attr).drop_plugin(name)
             self.pm.unregister(plugin)

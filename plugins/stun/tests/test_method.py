@@ -105,6 +105,24 @@ async def test_no_answer_is_a_retryable_failure() -> None:
     assert info.value.retryable and "no STUN server answered" in str(info.value)
 
 
+async def test_silence_past_answer_timeout_gives_up_without_retry() -> None:
+    """With the RFC schedule (39.5 s) a blocked network would hold the method for the chain's
+    whole deadline; ``answer_timeout`` ends it, and retrying in the same run is pointless."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        port = silent.getsockname()[1]
+        async with DatagramMux.open(0, families={4}) as mux:
+            ctx = AttemptContext(TraversalRequest(port=mux.port), "stun", sockets=mux)
+            stun = method(servers=[f"127.0.0.1:{port}"], rto=0.5, answer_timeout=0.6)
+            started = anyio.current_time()
+            with pytest.raises(MethodError) as info:
+                async with stun.acquire(ctx):
+                    pass
+            assert anyio.current_time() - started < 3.0
+    assert not info.value.retryable
+    assert "no answer within 0.6 s" in str(info.value)
+
+
 class ScriptedServer:
     """A scripted Binding responder: coturn cannot be told to report a different mapping
     (a NAT rebinding) or to go silent on demand, and does not say which indications it got."""

@@ -124,6 +124,9 @@ class StunConfig:
     #: how many servers the method asks (the first answer gives the candidate, the others
     #: say whether the mapping varies by destination)
     compare: int = 3
+    #: how long the method waits for a first answer before it gives up (s): a method racing
+    #: others needs no RFC 8489 39.5 s schedule to learn that UDP is blocked
+    answer_timeout: float = 3.0
     #: how long the method waits for the other servers after the first answer (s)
     compare_wait: float = 1.0
     happy_eyeballs_delay: float = 0.25
@@ -181,6 +184,7 @@ def _check(cfg: StunConfig) -> list[str]:
         "keepalive": cfg.keepalive,
         "recheck": cfg.recheck,
         "compare_wait": cfg.compare_wait,
+        "answer_timeout": cfg.answer_timeout,
     }
     for key, value in positive.items():
         if value <= 0:

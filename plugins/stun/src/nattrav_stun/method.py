@@ -25,6 +25,7 @@ every ``recheck`` seconds checks the mapping; a new mapped address is reported w
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -90,11 +91,14 @@ async def query_servers(
     families: frozenset[int],
     wait_after_first: float,
     ctx: AttemptContext | None = None,
+    timeout: float | None = None,
 ) -> list[ServerAnswer]:
     """Ask every server at once; after the first answer wait at most ``wait_after_first``
     for the others. A server name with addresses of both families is asked over each (IPv6
     first), so the other family's mapping is reported too. Per-server circuit breakers
-    (``stun:<server>``) skip dead servers."""
+    (``stun:<server>``) skip dead servers. ``timeout`` bounds the wait for a first answer:
+    when no server answered by then, the silent ones are reported as not worth asking again
+    in this run (``retryable=False``)."""
     targets: list[tuple[ServerAddress, Address | ServerAddress]] = []
     resolution: dict[int, ServerAnswer] = {}
     for server in servers:
@@ -113,6 +117,7 @@ async def query_servers(
                 targets.append((server, first_of_family))
     answers: dict[int, ServerAnswer] = dict(resolution)
     first = anyio.Event()
+    silent = False
 
     async with anyio.create_task_group() as tg:
 
@@ -150,8 +155,13 @@ async def query_servers(
             done(index, ServerAnswer(server, result))
 
         async def stop_after_first() -> None:
-            await first.wait()
-            await anyio.sleep(wait_after_first)
+            nonlocal silent
+            with anyio.move_on_after(math.inf if timeout is None else timeout) as waiting:
+                await first.wait()
+            if waiting.cancelled_caught:
+                silent = True  # nobody answered in time: no point waiting for the RFC schedule
+            else:
+                await anyio.sleep(wait_after_first)
             tg.cancel_scope.cancel()
 
         if len(answers) == len(targets):
@@ -160,6 +170,12 @@ async def query_servers(
             if index not in answers:
                 tg.start_soon(ask, index, server, target)
         tg.start_soon(stop_after_first)
+    if silent:
+        for index, (server, _target) in enumerate(targets):
+            if index not in answers:
+                answers[index] = ServerAnswer(
+                    server, error=f"no answer within {timeout:.1f} s", retryable=False
+                )
     return [answers[i] for i in sorted(answers)]
 
 
@@ -305,6 +321,7 @@ class StunMethod:
                 families=families,
                 wait_after_first=cfg.compare_wait,
                 ctx=ctx,
+                timeout=cfg.answer_timeout,
             )
             good = [a for a in answers if a.result is not None]
             if not good:
