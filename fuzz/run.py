@@ -144,7 +144,7 @@ def command(
     rss_limit_mb: int,
     extra: Sequence[str] = (),
 ) -> list[str]:
-    """The libFuzzer command line of one harness (run from the repository root)."""
+    """The libFuzzer command line of one harness (absolute paths: it runs in ``artifacts``)."""
     argv = [*harness.argv(), str(work)]
     if harness.seeds is not None:
         argv.append(str(harness.seeds))
@@ -193,9 +193,11 @@ def run_one(
         )
         started = time.monotonic()
         lines: list[str] = []
+        # libFuzzer writes its -jobs logs (fuzz-N.log) to the working directory: the artifacts
+        # directory, never the repository or a corpus.
         with subprocess.Popen(
             argv,
-            cwd=ROOT,
+            cwd=artifacts,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -303,7 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = known if args.all else args.names
     if args.seeds is not None and len(names) != 1:
         parser.error("--seeds goes with exactly one harness")
-    harnesses = [Harness.find(n, args.seeds) for n in names]
+    seeds = args.seeds.resolve() if args.seeds else None
+    harnesses = [Harness.find(n, seeds) for n in names]
     unknown = [n for n, h in zip(names, harnesses, strict=True) if h is None]
     if not names or unknown:
         what = f"unknown harness {', '.join(unknown)}" if unknown else "name a harness or --all"

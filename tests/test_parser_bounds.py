@@ -8,18 +8,21 @@ attributes duplicated or moved, lines and elements repeated) and on crafted wors
 
 * it returns a value or raises its documented error (``ParseError``; the SOAP parser also its
   typed ``UpnpActionError``/``UpnpHttpError``; core's route-table parsers raise nothing);
-* one call takes at most ``TIME_BASE + TIME_PER_BYTE * len(input)`` of wall time (50 ms plus
+* one call takes at most ``TIME_BASE + TIME_PER_BYTE * len(input)`` of CPU time (50 ms plus
   4 us per byte: 50 ms for a datagram, 0.31 s for 64 KiB) and allocates at most
   ``MEMORY_BASE + MEMORY_PER_BYTE * len(input)`` at its peak (tracemalloc: 2 MiB plus 32 bytes
   per input byte, 4 MiB for 64 KiB).
 
 Why these bounds: the worst legitimate 64 KiB inputs measured here (a 16 000-element XML
-document, a 2 300-route netstat table) take 60-80 ms and 1.3 MiB on the shared 2-core machine
-under load, so a correct parser stays 4x below; the failures the bounds exist for
-(quadratic loops, regex backtracking, entity expansion, unbounded buffering) cost seconds or
-hundreds of MiB at these sizes. A call over the time bound is measured twice more and the
-fastest run counts, so that a scheduler hiccup is not a failure. Inputs reach 64 KiB (the
-largest UDP payload; XML and SOAP bodies are capped at 256/64 KiB by the parsers themselves).
+document, a 2 300-route netstat table, a stream framer fed one byte per read) take 30-80 ms and
+1.3 MiB, so a correct parser stays 4x below; the failures the bounds exist for (quadratic
+loops, regex backtracking, entity expansion, unbounded buffering) cost seconds or hundreds of
+MiB at these sizes. Time is the calling thread's CPU time (``time.thread_time``), not wall
+time: on the shared 2-core machine a starved test process can wait seconds for the CPU, which
+says nothing about the parser (parsers do no I/O; a hang is pytest-timeout's and libFuzzer's
+business). A call over the bound is measured twice more and the fastest run counts. Inputs
+reach 64 KiB (the largest UDP payload; XML and SOAP bodies are capped at 256/64 KiB by the
+parsers themselves).
 
 The known parser bugs found while writing this (see docs/threats.md, "Not covered") are at the
 end as strict xfails: each flips to a failure the day it is fixed, so the mark is removed and
@@ -31,6 +34,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import os
 import struct
 import time
 import tracemalloc
@@ -65,7 +69,8 @@ TIME_PER_BYTE = 4e-6
 MEMORY_BASE = 2 * 1024 * 1024
 MEMORY_PER_BYTE = 32
 MAX_INPUT = 64 * 1024
-EXAMPLES = 150
+#: Examples per parser; raise it for a long local hunt: NATTRAV_BOUNDS_EXAMPLES=5000 pytest ...
+EXAMPLES = int(os.environ.get("NATTRAV_BOUNDS_EXAMPLES", "150"))
 
 PROPERTY = settings(
     max_examples=EXAMPLES,
@@ -87,8 +92,8 @@ class Measured:
 def measure(
     call: Callable[[], object], allowed: tuple[type[BaseException], ...], *, tries: int = 3
 ) -> Measured:
-    """Run ``call`` for time (no tracing; up to ``tries`` times while it is over TIME_BASE, the
-    fastest counts) and once more under tracemalloc for its peak.
+    """Run ``call`` for CPU time (no tracing; up to ``tries`` times while it is over TIME_BASE,
+    the fastest counts) and once more under tracemalloc for its peak.
 
     Returns the value or the allowed exception as ``outcome``; any other exception propagates
     (that is the failure the test reports, with hypothesis' shrunk input).
@@ -103,9 +108,9 @@ def measure(
     best = float("inf")
     outcome: object = None
     for _ in range(tries):
-        started = time.perf_counter()
+        started = time.thread_time()
         outcome = once()
-        best = min(best, time.perf_counter() - started)
+        best = min(best, time.thread_time() - started)
         if best <= TIME_BASE:
             break
     tracemalloc.start()
@@ -154,7 +159,8 @@ def _stun(data: bytes) -> object:
 def _stun_stream(data: bytes) -> object:
     _stream, pieces = _split_stream(data)
     framer = codec.StreamFramer()
-    return [framer.feed(piece) for piece in pieces]
+    # Only the count is kept: a list per read would be the test's memory, not the framer's.
+    return sum(len(framer.feed(piece)) for piece in pieces)
 
 
 def _turn(data: bytes) -> object:
@@ -170,7 +176,7 @@ def _channeldata(data: bytes) -> object:
 def _turn_stream(data: bytes) -> object:
     _stream, pieces = _split_stream(data)
     framer = framing.TurnStreamFramer()
-    return [framer.feed(piece) for piece in pieces]
+    return sum(len(framer.feed(piece)) for piece in pieces)
 
 
 def _ssdp(data: bytes) -> object:
@@ -1013,7 +1019,10 @@ def test_the_bound_catches_a_slow_parser_and_a_hoarding_one() -> None:
     raw = b"a" * MAX_INPUT
 
     def slow(data: bytes) -> None:
-        time.sleep(TIME_BASE + TIME_PER_BYTE * len(data) + 0.02)
+        # Burns CPU (the bound counts CPU time) a little longer than the bound allows.
+        end = time.thread_time() + TIME_BASE + TIME_PER_BYTE * len(data) + 0.02
+        while time.thread_time() < end:
+            pass
 
     measured = measure(lambda: slow(raw), (), tries=1)
     with pytest.raises(AssertionError, match="ms for"):
@@ -1162,3 +1171,13 @@ def test_known_bug_pasted_blob_inflating_to_deep_json() -> None:
     assert len(blob) < 200
     with pytest.raises(SignalError):
         p2p_signals.decode_blob(blob)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="nattrav_upnp.urls.canonical_ip accepts an IPv6 zone index (any text after %), "
+    "though its docstring says a zone index is not an IP literal",
+)
+@pytest.mark.parametrize("text", ["2001:db8::1%eth0", "2001:db8::1%a b\r\nHost: x"])
+def test_known_bug_canonical_ip_accepts_zone_indexes(text: str) -> None:
+    assert urls.canonical_ip(text) is None
