@@ -98,3 +98,40 @@ def test_a_bad_server_flag_is_a_config_error_not_a_silently_broken_plugin(
     with pytest.raises(ConfigError) as info:
         cli.runtime()
     assert "the command line" in str(info.value) and message in str(info.value)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_json_docs_cover_every_key_of_the_shipped_schemas() -> None:
+    import json
+    from importlib import resources
+
+    from nattrav.models import LeaseEventKind
+
+    text = (ROOT / "docs" / "json.md").read_text()
+    probe = json.loads(resources.files("nattrav").joinpath("schemas/probe.schema.json").read_text())
+    for key in probe["properties"]:
+        assert f"`{key}`" in text, f"probe key {key} undocumented"
+    for part in ("nat", "options"):
+        for key in probe["properties"][part]["properties"]:
+            assert f"`{key}`" in text or key in text, f"{part}.{key} undocumented"
+    tests = probe["properties"]["mapping_tests"]["oneOf"][1]["items"]["properties"]
+    for key in tests:
+        assert f"`{key}`" in text, f"mapping_tests.{key} undocumented"
+    for kind in LeaseEventKind:
+        assert f"`{kind.value}`" in text, f"event {kind.value} undocumented"
+
+
+@pytest.mark.parametrize("command", ["probe", "map", "cleanup"])
+def test_cli_docs_cover_every_option(command: str) -> None:
+    text = (ROOT / "docs" / "cli.md").read_text()
+    cli = prepare([command, "0"] if command == "map" else [command])
+    parser = cli.args  # parsed namespace: the option names are its attributes
+    for name in vars(parser):
+        if name in ("handler", "command", "config", "verbose", "log_json", "backend"):
+            continue
+        if name in ("metrics_port", "metrics_addr", "port"):
+            continue
+        flag = "--" + name.replace("_", "-")
+        assert flag in text, f"{command} {flag} undocumented in docs/cli.md"

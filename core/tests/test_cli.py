@@ -6,14 +6,18 @@ import io
 import json
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from nattrav.cli import main, plugins_main
-from nattrav.models import CandidateKind, Inbound
+from nattrav.models import CandidateKind, Goal, Inbound
 from nattrav.plugins import module_plugin
 from nattrav.testing import FakeMethod
+
+MAP_SCHEMA = json.loads(resources.files("nattrav").joinpath("schemas/map.schema.json").read_text())
 
 
 def run(
@@ -94,6 +98,50 @@ def test_map_exhausted_exits_1(monkeypatch: pytest.MonkeyPatch) -> None:
     data = json.loads(out)
     assert data["error"] == "exhausted"
     assert data["attempts"][0]["outcome"] == "unavailable"
+    jsonschema.validate(data, MAP_SCHEMA)
+
+
+def test_map_json_lines_follow_the_shipped_schema(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NATTRAV_DISABLE_PLUGINS", "direct")
+    relay = FakeMethod("relay", kind=CandidateKind.RELAYED, inbound=Inbound.YES)
+    code, out, err = run(["map", "0", "--hold", "0.05", "--json"], fakes((relay, 90)))
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    for line in lines:
+        jsonschema.validate(line, MAP_SCHEMA)
+    acquired = lines[0]["event"]
+    assert acquired["kind"] == "acquired" and acquired["details"]["kind"] == "relay"
+    assert lines[1]["inbound"]["from"] == "anyone"  # the fake says nothing about permissions
+    lost = FakeMethod("upnp", kind=CandidateKind.PORT_MAPPED, lose_after=0.05)
+    code, out, _err = run(["map", "0", "--json"], fakes((lost, 40)))
+    assert code == 1
+    lines = [json.loads(line) for line in out.splitlines()]
+    for line in lines:
+        jsonschema.validate(line, MAP_SCHEMA)
+    kinds = [line["event"]["kind"] for line in lines if "event" in line]
+    assert kinds == ["acquired", "lost", "released"]
+    assert lines[-1]["error"] == "lost" and "lease lost" in lines[-1]["reason"]
+
+
+def test_map_human_output_says_who_may_send_to_a_relay() -> None:
+    from nattrav.cli import Cli, _print_result
+    from nattrav.models import Candidate, Reachability, TransportAddress, TraversalResult
+
+    candidate = Candidate(
+        CandidateKind.RELAYED,
+        TransportAddress("203.0.113.1", 50000),
+        "relay",
+        reachability=Reachability.proven("self-test"),
+        details={"permitted": ["198.51.100.7"], "inbound": "peers with a permission only"},
+    )
+    result = TraversalResult(goal=Goal.REACHABLE, candidate=candidate, attempts=())
+    out = io.StringIO()
+    cli = Cli.__new__(Cli)
+    cli.out = out
+    _print_result(cli, result)
+    text = out.getvalue()
+    assert "ONLY permitted peers can send" in text and "198.51.100.7" in text
+    assert "--turn-permit PEER" in text
 
 
 def test_config_errors_exit_2_without_traceback(tmp_path: Path) -> None:

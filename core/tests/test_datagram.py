@@ -146,3 +146,18 @@ async def test_late_datagrams_of_a_protocol_that_let_go_never_reach_the_app() ->
             data, _src = await mux.app.receive()
         assert data == b"\x00app's own"
         await peer.aclose()
+
+
+async def test_port_mappings_are_noted_so_filtering_tests_can_discount_them() -> None:
+    async with DatagramMux.open(0, families={4}) as mux:
+        assert not mux.forwarded and mux.mapping_epoch == 0
+        mux.note_mapping("upnp")
+        mux.note_mapping("upnp")  # a mapping and a pinhole
+        mux.note_mapping("natpmp")
+        assert mux.forwarded and mux.mapping_epoch == 3
+        mux.forget_mapping("upnp")
+        mux.forget_mapping("natpmp")
+        assert mux.forwarded  # one UPnP lease left
+        mux.forget_mapping("upnp")
+        mux.forget_mapping("upnp")  # forgetting more than was noted is harmless
+        assert not mux.forwarded and mux.mapping_epoch == 3

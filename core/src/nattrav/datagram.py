@@ -15,6 +15,12 @@ The mux remembers which IP addresses the port has sent to (``has_sent_to``), bec
 filter is per port: an "unsolicited" answer from an address the port already talked to proves
 nothing about inbound reachability, and verifiers must not count it.
 
+Port-mapping methods say when a gateway may forward this port (``note_mapping`` before the
+request that creates a mapping, ``forget_mapping`` after its release): while one does, or if
+one started since a probe was sent (``mapping_epoch``), an answer arriving "unsolicited" says
+nothing about the NAT's own filtering, and the filtering tests of other methods on the same
+port must not count it.
+
 A protocol that lets go of the port may still get answers (a retransmitted request answered
 twice, a probe answered after its window): ``unsubscribe(sub, linger=s)`` keeps its classifier
 for ``s`` seconds, and what it claims then is dropped (counted in ``late_dropped``) instead of
@@ -127,6 +133,9 @@ class DatagramMux:
         self._sent_overflow = False
         self._lingering: list[tuple[float, Classifier]] = []
         self.late_dropped = 0
+        self._mappings: dict[str, int] = {}
+        #: Incremented by every ``note_mapping``: compare before and after a filtering probe.
+        self.mapping_epoch = 0
 
     @property
     def families(self) -> frozenset[int]:
@@ -219,6 +228,24 @@ class DatagramMux:
             yield sub
         finally:
             self.unsubscribe(sub, linger=linger)
+
+    def note_mapping(self, owner: str) -> None:
+        """A gateway may forward this port from now on (call before requesting the mapping)."""
+        self._mappings[owner] = self._mappings.get(owner, 0) + 1
+        self.mapping_epoch += 1
+
+    def forget_mapping(self, owner: str) -> None:
+        """The mapping ``owner`` noted is released (call after deleting it)."""
+        left = self._mappings.get(owner, 0) - 1
+        if left > 0:
+            self._mappings[owner] = left
+        else:
+            self._mappings.pop(owner, None)
+
+    @property
+    def forwarded(self) -> bool:
+        """True while a port mapping of this port may exist (see ``note_mapping``)."""
+        return bool(self._mappings)
 
     def has_sent_to(self, host: str) -> bool:
         """True if this port has sent to ``host`` (an IP literal) since it was opened.

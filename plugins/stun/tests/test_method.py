@@ -56,6 +56,27 @@ async def test_srflx_candidate_of_the_shared_port_proven_by_rfc5780(coturn: Cotu
     assert candidate.base is not None and candidate.base.port == mux.port
 
 
+async def test_answers_another_method_may_have_let_in_prove_nothing(coturn: Coturn) -> None:
+    """Found in the lab: UPnP mapped the same port while the filtering probe ran, so the
+    CHANGE-REQUEST answer came in through the gateway's mapping and "proved" filtering that
+    the NAT does not do. Likewise an answer from an address the port already talked to."""
+    async with DatagramMux.open(0, families={4}) as mux:
+        ctx = AttemptContext(TraversalRequest(port=mux.port), "stun", sockets=mux)
+        mux.note_mapping("upnp")  # a gateway may forward this port now
+        async with method(servers=[coturn.uri]).acquire(ctx) as acquisition:
+            forwarded = acquisition.candidate
+        mux.forget_mapping("upnp")
+        assert not mux.forwarded
+        other = f"127.0.0.2:{coturn.port + 1}"  # coturn's alternate address, asked directly
+        async with method(servers=[coturn.uri, other]).acquire(ctx) as acquisition:
+            talked = acquisition.candidate
+    for candidate in (forwarded, talked):
+        assert candidate.reachability.inbound is Inbound.UNKNOWN
+        assert candidate.details["filtering_probe"] == "inconclusive"
+    assert "port mapping" in forwarded.reachability.how
+    assert "already sent to 127.0.0.2" in talked.reachability.how
+
+
 async def test_without_rfc5780_reachability_stays_unknown(tmp_path: object) -> None:
     from pathlib import Path
 

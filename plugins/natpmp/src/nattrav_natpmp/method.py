@@ -159,16 +159,25 @@ class NatPmpMethod:
                     telemetry=ctx.telemetry,
                     **self._client_options,
                 ) as client:
-                    async with client.mapping(
-                        request.transport,
-                        port,
-                        lifetime=lifetime,
-                        on_change=on_change,
-                        journal=ctx.journal,
-                    ) as mapping:
-                        held.mapping = mapping
-                        held.ready.set()
-                        await held.release.wait()
+                    mux = ctx.sockets
+                    if mux is not None:
+                        # The gateway may forward this port from the first request on: other
+                        # methods' filtering tests on it prove nothing until it is deleted.
+                        mux.note_mapping(METHOD)
+                    try:
+                        async with client.mapping(
+                            request.transport,
+                            port,
+                            lifetime=lifetime,
+                            on_change=on_change,
+                            journal=ctx.journal,
+                        ) as mapping:
+                            held.mapping = mapping
+                            held.ready.set()
+                            await held.release.wait()
+                    finally:
+                        if mux is not None:
+                            mux.forget_mapping(METHOD)
             except Exception as exc:
                 held.error = exc
             finally:

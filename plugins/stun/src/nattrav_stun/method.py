@@ -56,7 +56,14 @@ from nattrav_stun.driver import (
 from nattrav_stun.events import AuthenticationFailed, BindingResult, TimedOut
 from nattrav_stun.uri import ServerAddress
 
-__all__ = ["METHOD", "StunMethod", "port_talked_to", "query_servers"]
+__all__ = [
+    "METHOD",
+    "StunMethod",
+    "mapping_epoch",
+    "port_forwarded",
+    "port_talked_to",
+    "query_servers",
+]
 
 METHOD = "stun"
 
@@ -200,6 +207,17 @@ def port_talked_to(mux: Any, host: str) -> bool:
     return bool(check(host)) if check is not None else False
 
 
+def mapping_epoch(mux: Any) -> int:
+    """How many port mappings were requested for the shared port so far (0 without a mux)."""
+    return int(getattr(mux, "mapping_epoch", 0))
+
+
+def port_forwarded(mux: Any, since: int) -> bool:
+    """May a gateway's port mapping (another method's) have let an answer in? True while one
+    is held, or when one was requested after ``since`` (a ``mapping_epoch`` value)."""
+    return bool(getattr(mux, "forwarded", False)) or mapping_epoch(mux) != since
+
+
 async def filtering_probe(
     client: StunClient,
     primary: BindingResult,
@@ -232,6 +250,15 @@ async def filtering_probe(
             ),
             "inconclusive",
         )
+    epoch = mapping_epoch(mux)
+    if port_forwarded(mux, epoch):
+        return (
+            Reachability.unknown(
+                "RFC 5780 filtering probe skipped: a gateway port mapping of this port is held "
+                "(another method), so an answer would prove nothing about the NAT's filtering"
+            ),
+            "inconclusive",
+        )
     try:
         answer = await client.binding(
             server,
@@ -258,11 +285,11 @@ async def filtering_probe(
             ),
             "server-ignores-change-request",
         )
-    if port_talked_to(mux, other.host):
+    if port_talked_to(mux, other.host) or port_forwarded(mux, epoch):
         return (
             Reachability.unknown(
-                f"RFC 5780 filtering probe inconclusive: the port sent to {other.host} before "
-                "its answer arrived"
+                f"RFC 5780 filtering probe inconclusive: before its answer arrived, the port "
+                f"sent to {other.host} or a gateway mapping of the port was requested"
             ),
             "inconclusive",
         )

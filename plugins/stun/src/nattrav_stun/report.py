@@ -282,10 +282,14 @@ def render_section(data: Mapping[str, Any]) -> list[str]:
         )
     life = data.get("binding_lifetime")
     if isinstance(life, Mapping):
-        lines.append(
-            f"binding lifetime: alive after {life.get('alive_after')} s, "
-            f"expired by {life.get('expired_by')} s"
+        alive, expired = life.get("alive_after"), life.get("expired_by")
+        text = (
+            f"binding lifetime: alive after {alive} s"
+            if alive is not None
+            else ("binding lifetime: expired before the shortest test")
         )
+        text += f", expired by {expired} s" if expired is not None else " (no expiry seen)"
+        lines.append(text)
     hops = data.get("path_hops") or []
     if hops:
         lines.append("path: " + " -> ".join(str(h.get("ip") or "*") for h in hops))

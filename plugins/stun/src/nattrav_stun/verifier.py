@@ -36,7 +36,7 @@ from nattrav_stun.codec import CHANGE_IP, CHANGE_PORT, CHANGE_REQUEST, RESPONSE_
 from nattrav_stun.config import StunConfig
 from nattrav_stun.driver import Endpoint, StunClient, StunError
 from nattrav_stun.events import BindingResult
-from nattrav_stun.method import port_talked_to
+from nattrav_stun.method import mapping_epoch, port_forwarded, port_talked_to
 from nattrav_stun.uri import ServerAddress
 
 __all__ = ["StunVerifier", "VERIFIER"]
@@ -108,8 +108,11 @@ class StunVerifier:
         if first.mapped != target:
             return None  # this server sees another address: it cannot speak for the candidate
         other = _distinct_other(first)
-        if other is None or port_talked_to(mux, other.host):
-            return None  # no alternate address, or the port let it in already: cannot tell
+        epoch = mapping_epoch(mux)
+        if other is None or port_talked_to(mux, other.host) or port_forwarded(mux, epoch):
+            # no alternate address, the port let it in already, or a gateway forwards the
+            # port for another method: cannot tell
+            return None
         try:
             answer = await client.binding(
                 first.server,
@@ -121,8 +124,12 @@ class StunVerifier:
         except StunError:
             answer = None
         if answer is not None:
-            if answer.source != other or port_talked_to(mux, other.host):
-                return None  # ignores CHANGE-REQUEST, or the port talked to it meanwhile
+            if (
+                answer.source != other
+                or port_talked_to(mux, other.host)
+                or port_forwarded(mux, epoch)
+            ):
+                return None  # ignores CHANGE-REQUEST, or the port was opened meanwhile
             return Reachability.proven(
                 f"STUN CHANGE-REQUEST: {other}, an address this port never sent to, reached "
                 f"{target}"

@@ -154,6 +154,12 @@ class UpnpMethod:
             elif 4 not in request.families:
                 problems.append("no gateway offers WANIPv6FirewallControl over IPv6")
         failures: dict[str, MethodError] = {}
+        mux = ctx.sockets
+        if mux is not None and (mapping is not None or pinhole is not None):
+            # From now on the gateway may forward this port: other methods' filtering tests on
+            # it prove nothing until the leases are gone (the stack unwinds this last).
+            mux.note_mapping(NAME)
+            stack.callback(mux.forget_mapping, NAME)
 
         async def create(name: str, lease: PortMappingLease | PinholeLease) -> None:
             try:
