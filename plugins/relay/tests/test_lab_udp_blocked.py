@@ -50,3 +50,28 @@ async def test_udp_blocked_falls_back_to_tcp(lab: Any) -> None:
             await channel.send_to(b"back", sender)
             with anyio.fail_after(5):
                 assert (await peer.receive())[0] == b"back"
+
+
+async def test_no_self_test_where_udp_to_the_relay_is_blocked(lab: Any) -> None:
+    """The self-test sends a UDP datagram to the relayed address; with UDP blocked it could
+    only wait out its window, so it is skipped and the candidate says why (claimed)."""
+
+    async def opener(host: str, port: int, kind: str) -> Transport:
+        with lab.inside("lan"):
+            return await open_transport(host, port, kind)
+
+    config = load_config({
+        "servers": [f"turn:{lab.turn.host4}:{lab.turn.port}"],
+        "username": lab.turn.user,
+        "password": lab.turn.password,
+        "fallback_after": 0.5,
+        "self_test_window": 5.0,
+    })
+    method = RelayMethod(config, opener=opener)
+    started = anyio.current_time()
+    async with method.acquire(AttemptContext(TraversalRequest(port=0), "relay")) as acquisition:
+        took = anyio.current_time() - started
+        reachability = acquisition.candidate.reachability
+    assert acquisition.candidate.details["transport"] == "tcp"
+    assert not reachability.verified and "self-test skipped" in reachability.how
+    assert took < 4.0  # UDP waited fallback_after, not the 5 s self-test window

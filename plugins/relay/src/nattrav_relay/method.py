@@ -145,6 +145,7 @@ class RelayMethod:
         failures: list[str] = []
         retryable = False
         skip: set[str] = set()
+        udp_silent = False  # a UDP attempt got no answer: UDP is probably blocked here
         async with AsyncExitStack() as stack:
             endpoint: RelayEndpoint | None = None
             server: ServerConfig | None = None
@@ -175,6 +176,8 @@ class RelayMethod:
                         self.book.block(server.uri, str(exc))
                     failures.append(str(exc))
                     retryable = retryable or exc.retryable
+                    if exc.retryable and _transport_of(server.uri) == "udp":
+                        udp_silent = True
                     if not exc.retryable:
                         # The server answered and said no: another transport will not help.
                         skip.add(fallback_uri(server.uri) or "")
@@ -187,7 +190,9 @@ class RelayMethod:
                     NAME, "; ".join(failures) or "no usable server", retryable=retryable
                 )
             permitted = endpoint.permitted  # before the self-test's own permission
-            reachability = await self._reachability(endpoint)
+            reachability = await self._reachability(
+                endpoint, udp_blocked=udp_silent and endpoint.transport != "udp"
+            )
             candidates = [
                 self._candidate(ctx, endpoint, server, address, reachability, permitted)
                 for address in endpoint.relayed_addresses
@@ -252,13 +257,19 @@ class RelayMethod:
             method=ctx.method,
         )
 
-    async def _reachability(self, endpoint: RelayEndpoint) -> Reachability:
+    async def _reachability(
+        self, endpoint: RelayEndpoint, *, udp_blocked: bool = False
+    ) -> Reachability:
         permitted = endpoint.permitted
         base = (
             "TURN relay: reachable by peers with a permission (the application sends to them, "
             "or permits them)"
         )
-        if self.config.self_test:
+        if self.config.self_test and udp_blocked:
+            # The self-test's datagram goes to the relayed address over UDP, which got no
+            # answer from here: it could only wait out its window for nothing.
+            base += "; self-test skipped: UDP from this host to the relay got no answer"
+        elif self.config.self_test:
             try:
                 how = await self.self_test(endpoint)
             except (OSError, ValueError, RelayError) as exc:  # a failed proof is no failure
@@ -384,6 +395,13 @@ class RelayMethod:
             )
         except (RelayError, ValueError) as exc:
             raise MethodError(NAME, f"{exc}{expires}") from exc
+
+
+def _transport_of(uri: str) -> str | None:
+    try:
+        return str(parse_turn_uri(uri).transport)
+    except ValueError:
+        return None
 
 
 def _span(ctx: AttemptContext, server: ServerConfig) -> Any:
