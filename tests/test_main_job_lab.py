@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 import pytest
 from nattrav.config import structure_config
 from nattrav.endpoint import open_endpoint
@@ -271,7 +271,8 @@ async def test_open_endpoint_is_reachable_from_the_internet(lab: Any, tmp_path: 
                 print(f"\nmap {lab.topology}: {ep.method} {ep.address} in {took:.2f} s")
                 assert ep.method == expect["method"], explain(ep.result.attempts)
                 assert ep.address.family == 4
-                if ep.channel is None:  # the application's own socket carries the data
+                assert ep.local_port == port  # the application's own socket
+                if ep.channel is None:  # ... carries the data itself (not a relay channel)
                     assert ep.mux is not None and ep.mux.port == port
                 if expect["method"] == "relay":
                     assert ep.result.candidate.details["permitted"] == [lab.internet_peer_ip4]
@@ -349,9 +350,9 @@ class LiveLines:
 
     def until(self, predicate: Any, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
-        for line in self.lines:
-            if predicate(line):
-                return line
+        for seen in self.lines:
+            if predicate(seen):
+                return seen
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
         while time.monotonic() < deadline:
@@ -364,7 +365,7 @@ class LiveLines:
             self._buffer += chunk
             while b"\n" in self._buffer:
                 raw, self._buffer = self._buffer.split(b"\n", 1)
-                line = json.loads(raw)
+                line: dict[str, Any] = json.loads(raw)
                 jsonschema.validate(line, MAP_SCHEMA)  # every line, as it is printed
                 self.lines.append(line)
                 if predicate(line):

@@ -12,7 +12,7 @@ from typing import Any
 
 import jsonschema
 import pytest
-from nattrav.cli import main, plugins_main
+from nattrav.cli import Cli, main, plugins_main
 from nattrav.models import CandidateKind, Goal, Inbound
 from nattrav.plugins import module_plugin
 from nattrav.testing import FakeMethod
@@ -243,3 +243,27 @@ def test_console_scripts_are_installed() -> None:
         [str(bindir / "nattrav"), "bogus"], capture_output=True, text=True, check=False
     )
     assert result.returncode == 2
+
+
+def test_probe_progress_shows_each_part_on_a_terminal() -> None:
+    from nattrav.cli import _Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    cli = Cli.__new__(Cli)
+    cli.json = False
+    cli.err = Terminal()
+    progress = _Progress(cli, ["stun", "upnp", "chain"])
+    assert progress.live is not None  # rich draws a live line on a terminal
+    with progress:
+        progress.update("stun", "running")
+        progress.update("upnp", "done")
+        progress.update("chain", "error")
+    assert progress.state == {"stun": "running", "upnp": "done", "chain": "error"}
+    cli.err = io.StringIO()  # not a terminal (a pipe, a log): nothing is drawn
+    assert _Progress(cli, ["stun"]).live is None
+    cli.json = True
+    cli.err = Terminal()
+    assert _Progress(cli, ["stun"]).live is None  # --json output stays clean

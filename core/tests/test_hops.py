@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from nattrav import hops
 from nattrav.hops import Hop, trace_hops
 
 pytestmark = pytest.mark.anyio
@@ -28,7 +27,7 @@ async def test_silence_is_a_hop_without_an_address() -> None:
 
 
 async def test_unsupported_platform_says_none(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hops.sys, "platform", "darwin")
+    monkeypatch.setattr("nattrav.hops.sys.platform", "darwin")
     assert await trace_hops("127.0.0.1") is None
 
 

@@ -53,6 +53,12 @@ class Endpoint:
     def method(self) -> str:
         return self.result.method
 
+    @property
+    def local_port(self) -> int | None:
+        """The application's UDP port (the socket nattrav used for the mapping), or ``None``
+        for a TCP request. A relayed endpoint's traffic goes through ``channel`` instead."""
+        return int(self.mux.port) if self.mux is not None else None
+
     def _path(self) -> DatagramChannel:
         if self.channel is not None:
             return self.channel
