@@ -173,6 +173,7 @@ _TEXT_SEND_CHARS = 127
 
 _HEADER = struct.Struct("!HHI12s")
 _HEADER_PACK = _HEADER.pack
+_TLV_PACK = struct.Struct("!HH").pack
 _TLV = struct.Struct("!HH")
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
@@ -210,8 +211,12 @@ _METHOD_BITS = tuple(
     (m & 0x000F) | ((m & 0x0070) << 1) | ((m & 0x0F80) << 2) for m in range(0x1000)
 )
 _CLASS_BITS = (0x000, 0x010, 0x100, 0x110)
-#: The same as a dict: ``.get`` checks the range (negative methods included) for free.
-_METHOD_BITS_OF = dict(enumerate(_METHOD_BITS))
+#: The first 8 header bytes (type, length 0, cookie) of an attribute-less message, per class,
+#: for the methods STUN and TURN define (0x001-0x00A): such a message is then one concatenation.
+_PLAIN_HEADS = {
+    m: tuple(((_METHOD_BITS[m] | bits) << 48 | MAGIC_COOKIE).to_bytes(8) for bits in _CLASS_BITS)
+    for m in range(0x010)
+}
 
 
 def split_message_type(mtype: int) -> tuple[int, MessageClass]:
@@ -292,6 +297,7 @@ TlvEncoder = Callable[[Any, bytes], bytes]
 _K_XOR, _K_ADDR, _K_U32, _K_U64, _K_TEXT, _K_TEXT_LENIENT = 1, 2, 3, 4, 5, 6
 _DECODER_KINDS: dict[Decoder, int] = {}
 _TLV_FACTORIES: dict[Encoder, Callable[[int], TlvEncoder]] = {}
+_TEXT_QUICK_LIMITS: dict[Encoder, int] = {}
 
 
 def _bad(name: str, why: str) -> ParseError:
@@ -451,25 +457,11 @@ def _text_codec(
 
     _DECODER_KINDS[dec] = _K_TEXT if strict else _K_TEXT_LENIENT
 
-    def tlv_factory(attr_type: int) -> TlvEncoder:
-        pack_head = _TLV.pack
-        # Below both limits, a str needs no checks beyond its encoded length.
-        quick = min(send_limit_bytes or _TEXT_PARSE_LIMIT, send_limit_chars or _TEXT_PARSE_LIMIT)
-
-        def tlv(value: str | bytes, _tid: bytes) -> bytes:
-            if type(value) is str:
-                data = value.encode()
-                n = len(data)
-                if n > quick:
-                    data = enc(value, _tid)
-            else:
-                data = enc(value, _tid)
-                n = len(data)
-            return pack_head(attr_type, n) + data + _ZERO_PADS[n & 3]
-
-        return tlv
-
-    _TLV_FACTORIES[enc] = tlv_factory
+    # ``encode`` writes a str of at most this many UTF-8 bytes inline: below both limits it
+    # needs no checks beyond its length.
+    _TEXT_QUICK_LIMITS[enc] = min(
+        send_limit_bytes or _TEXT_PARSE_LIMIT, send_limit_chars or _TEXT_PARSE_LIMIT
+    )
     return dec, enc
 
 
@@ -716,9 +708,10 @@ class AttributeTable:
         self.names: dict[int, str] = {t: s.name for t, s in self.specs.items()}
         #: attribute type -> kind, for the standard decoders ``decode`` runs inline
         self.inline: dict[int, int] = {}
-        #: attribute type -> whole-TLV encoder: the standard codecs, plus the attributes
-        #: ``encode`` places itself, whose entry raises (so the loop needs no extra test)
-        self.tlv_encoders: dict[int, TlvEncoder] = {}
+        #: attribute type -> whole-TLV encoder for the standard codecs, or for the standard
+        #: texts the length ``encode`` writes inline; the attributes ``encode`` places itself
+        #: have an entry that raises (so the loop needs no extra test)
+        self.tlv_encoders: dict[int, TlvEncoder | int] = {}
         for t, spec in self.specs.items():
             kind = _DECODER_KINDS.get(spec.decode)
             if kind is not None:
@@ -726,6 +719,9 @@ class AttributeTable:
             factory = _TLV_FACTORIES.get(spec.encode)
             if factory is not None:
                 self.tlv_encoders[t] = factory(t)
+            quick = _TEXT_QUICK_LIMITS.get(spec.encode)
+            if quick is not None:
+                self.tlv_encoders[t] = quick
         for t in _PLACED:
             self.tlv_encoders[t] = _placed_encoder(self.names.get(t, f"{t:#06x}"))
 
@@ -1017,26 +1013,55 @@ def encode(
     RFC 5769 test vectors use a space, which is the only reason this knob exists.
     Raises ``LocalProtocolError`` for values that cannot be sent.
     """
-    if integrity is None and not fingerprint and integrity_sha256 is None and not msg.attributes:
-        # The plain request (a Binding keepalive, the commonest message there is): no
-        # attribute loop, no integrity, one pack.
-        tid = msg.transaction_id
-        if len(tid) == 12:
-            bits = _METHOD_BITS_OF.get(msg.method)
-            if bits is not None:
-                return _HEADER_PACK(bits | _CLASS_BITS[msg.cls], 0, 0x2112A442, tid)
+    attributes = msg.attributes
+    if not attributes and integrity is None and not fingerprint and integrity_sha256 is None:
+        # The plain request (a Binding request or keepalive, the commonest message there
+        # is): a precomputed header start and the transaction ID.
+        try:
+            data = _PLAIN_HEADS[msg.method][msg.cls] + msg.transaction_id
+        except (KeyError, TypeError):
+            pass  # an unusual method, or a bad ID: the general path says what is wrong
+        else:
+            if len(data) == 20:
+                return data
     tid = msg.transaction_id
     method = msg.method
-    attributes = msg.attributes
     if len(tid) != 12:
         raise LocalProtocolError("a STUN transaction ID is 12 bytes")
     if not 0 <= method <= 0xFFF:
         raise LocalProtocolError(f"STUN method {method:#x} out of range 0x000-0xFFF")
     mtype = _METHOD_BITS[method] | _CLASS_BITS[msg.cls]
-    if attributes:
-        body = _encode_attributes(attributes, tid, table, padding)
-    else:
+    if not attributes:
         body = b""
+    elif padding != b"\0":
+        body = _encode_padded(attributes, tid, table, padding)
+    else:
+        # Inline for speed: one whole-TLV call per standard attribute (an int in the table
+        # marks a text attribute and is the length below which it needs no further checks);
+        # the generic steps for the rest.
+        fast = table.tlv_encoders
+        parts: list[bytes] = []
+        append = parts.append
+        attr_type = 0
+        try:
+            for attr_type, value in attributes.items():
+                tlv = fast.get(attr_type)
+                if tlv is not None:
+                    if type(tlv) is not int:
+                        append(tlv(value, tid))  # type: ignore[operator]  # not an int here
+                        continue
+                    if type(value) is str:
+                        data = value.encode()
+                        n = len(data)
+                        if n <= tlv:
+                            append(_TLV_PACK(attr_type, n))
+                            append(data)
+                            append(_ZERO_PADS[n & 3])
+                            continue
+                append(_generic_tlv(attr_type, value, tid, table, _ZERO_PADS))
+        except struct.error as exc:  # an integer attribute out of range, or not an integer
+            raise LocalProtocolError(f"{attribute_name(attr_type, table)}: {exc}") from None
+        body = b"".join(parts)
     if integrity is None and integrity_sha256 is None and not fingerprint:
         if len(body) > 0xFFFF:
             raise LocalProtocolError(f"STUN message too long ({len(body)} bytes of attributes)")
@@ -1059,37 +1084,37 @@ def encode(
     return pack_header(mtype, len(body), MAGIC_COOKIE, tid) + body
 
 
-def _encode_attributes(
+def _generic_tlv(
+    attr_type: int, value: Any, tid: bytes, table: AttributeTable, pads: tuple[bytes, ...]
+) -> bytes:
+    """One attribute the slow way: the table's value encoder (raw bytes for unknown types),
+    the TLV header, the padding."""
+    if attr_type in _PLACED:
+        raise LocalProtocolError(
+            f"{attribute_name(attr_type, table)} is added by encode(), not by attributes"
+        )
+    enc = table.encoders.get(attr_type)
+    data = _enc_bytes(value, tid) if enc is None else enc(value, tid)
+    n = len(data)
+    if n > 0xFFFF:
+        raise LocalProtocolError(f"{attribute_name(attr_type, table)} too long ({n} bytes)")
+    return _TLV_PACK(attr_type, n) + data + pads[n & 3]
+
+
+def _encode_padded(
     attributes: dict[int, Any], tid: bytes, table: AttributeTable, padding: bytes
 ) -> bytes:
-    """The attribute section: one whole-TLV call per standard attribute, the generic steps
-    (value encoder, header, padding) for the others."""
-    fast = table.tlv_encoders
-    encoders = table.encoders
-    pads = _ZERO_PADS if padding == b"\0" else (b"", padding * 3, padding * 2, padding)
-    if pads is not _ZERO_PADS:
-        fast = {t: f for t, f in fast.items() if t in _PLACED}  # the knob needs every step
-    parts: list[bytes] = []
-    append = parts.append
-    pack_tlv = _TLV.pack
+    """The attribute section with a non-zero padding byte (RFC 5769's vectors): every
+    attribute the generic way."""
+    pads = (b"", padding * 3, padding * 2, padding)
     attr_type = 0
     try:
-        for attr_type, value in attributes.items():
-            tlv = fast.get(attr_type)
-            if tlv is not None:
-                append(tlv(value, tid))
-                continue
-            enc = encoders.get(attr_type)
-            data = _enc_bytes(value, tid) if enc is None else enc(value, tid)
-            n = len(data)
-            if n > 0xFFFF:
-                raise LocalProtocolError(f"{attribute_name(attr_type, table)} too long ({n} bytes)")
-            append(pack_tlv(attr_type, n))
-            append(data)
-            append(pads[n & 3])
-    except struct.error as exc:  # an integer attribute out of range, or not an integer
+        return b"".join(
+            _generic_tlv(attr_type, value, tid, table, pads)
+            for attr_type, value in attributes.items()
+        )
+    except struct.error as exc:
         raise LocalProtocolError(f"{attribute_name(attr_type, table)}: {exc}") from None
-    return b"".join(parts)
 
 
 # --------------------------------------------------------------------- decode
@@ -1205,9 +1230,7 @@ def decode(data: bytes, table: AttributeTable = STUN_ATTRIBUTES) -> Message:
                         attributes[attr_type] = unpack_u64(data, start)[0]
                     else:
                         if alen > 763:
-                            raise _bad(
-                                table.names[attr_type], f"{alen} bytes, more than {763}"
-                            )
+                            raise _bad(table.names[attr_type], f"{alen} bytes, more than {763}")
                         try:
                             attributes[attr_type] = data[start:end].decode(
                                 "utf-8", "strict" if kind == 5 else "replace"
