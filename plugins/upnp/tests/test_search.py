@@ -184,3 +184,36 @@ def test_missing_family_ends_after_settle_other() -> None:
     s.handle_timer(0.30)
     assert s.done
     assert len(s.responders) == 1
+
+
+def test_a_gateway_without_ssdp_ends_the_search_after_refused_wait() -> None:
+    """The unicast M-SEARCH to the gateway drew ICMP Port Unreachable: no UPnP there. Other
+    devices get ``refused_wait`` (an MX delay), not the whole window."""
+    s = _search(window=2.0, refused_wait=1.0)
+    s.start(0.0)
+    s.gateway_refused("198.51.100.9", 0.01)  # not a gateway: ignored, counted
+    assert s.deadline == 2.0 and s.discarded["refused-by-stranger"] == 1
+    s.gateway_refused(GW, 0.02)
+    assert s.deadline == 1.02 and s.refused == {GW}
+    s.handle_timer(1.02)
+    assert s.done and s.responders == []
+
+
+def test_every_gateway_must_refuse_and_a_late_igd_still_counts() -> None:
+    targets = (
+        SearchTarget("eth0", "239.255.255.250"),
+        SearchTarget("eth0", GW, multicast=False),
+        SearchTarget("eth0v6", "2001:db8:1:1::1", multicast=False),
+    )
+    s = SsdpSearch(targets, gateways=frozenset({GW, "2001:db8:1:1::1"}), window=2.0, settle=0.05)
+    s.start(0.0)
+    s.gateway_refused(GW, 0.01)
+    assert s.deadline == 2.0  # the IPv6 gateway may still answer
+    s.gateway_refused("2001:db8:1:1::1", 0.02)
+    assert s.deadline == 1.02
+    # An IGD that is not the gateway answers the multicast search: it is enough now.
+    s.receive_datagram(
+        _answer("http://192.168.1.7:1780/d.xml", udn="uuid:other"), "192.168.1.7", "eth0", 0.3
+    )
+    assert s.deadline == 0.35
+    assert [r.source for r in s.responders] == ["192.168.1.7"]

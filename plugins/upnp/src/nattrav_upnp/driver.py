@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from typing import Any
 
 import anyio
@@ -151,6 +153,44 @@ def _if_index(name: str) -> int:
         return 0
 
 
+# Linux <linux/in.h>, <linux/in6.h>, <linux/errqueue.h>: ICMP errors of an unconnected socket
+# are reported (and readable with MSG_ERRQUEUE) only with IP_RECVERR / IPV6_RECVERR set.
+_IP_RECVERR = 11
+_IPV6_RECVERR = 25
+_EE = struct.Struct("=IBBBBII")  # struct sock_extended_err
+_UNREACHABLE = {(2, 3), (3, 1)}  # (ee_origin, ee_type): ICMP / ICMPv6 destination unreachable
+#: Marks a queue item that is an ICMP refusal of ``host``, not a datagram from it.
+_REFUSED = "!"
+
+
+def _recv_errors(sock: socket.socket, family: int) -> None:
+    """Ask the kernel to report ICMP errors (Linux); elsewhere nothing changes."""
+    if not sys.platform.startswith("linux"):
+        return
+    with suppress(OSError):
+        if family == 4:
+            sock.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
+
+
+def refused_destinations(sock: socket.socket) -> list[str]:
+    """Drain the error queue: the destinations an ICMP Destination Unreachable came back for."""
+    found: list[str] = []
+    for _ in range(16):
+        try:
+            _data, ancdata, _flags, addr = sock.recvmsg(512, 512, socket.MSG_ERRQUEUE)
+        except (BlockingIOError, InterruptedError, OSError, AttributeError):
+            break
+        for _level, _type, blob in ancdata:
+            if len(blob) < _EE.size:
+                continue
+            _errno, origin, icmp_type, *_rest = _EE.unpack_from(blob)
+            if (origin, icmp_type) in _UNREACHABLE and isinstance(addr, tuple) and addr:
+                found.append(str(addr[0]).split("%", 1)[0])
+    return found
+
+
 def _open_socket(spec: SocketSpec) -> socket.socket:
     if spec.family == 4:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -160,6 +200,7 @@ def _open_socket(spec: SocketSpec) -> socket.socket:
                 socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(spec.address)
             )
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 2)
+            _recv_errors(sock, 4)
         except BaseException:
             sock.close()
             raise
@@ -170,6 +211,7 @@ def _open_socket(spec: SocketSpec) -> socket.socket:
         sock.bind((spec.address, 0, 0, 0))
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, spec.index)
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 2)
+        _recv_errors(sock, 6)
     except BaseException:
         sock.close()
         raise
@@ -198,7 +240,10 @@ async def open_search_sockets(
 
 
 async def _receive_into(
-    key: str, udp: anyio.abc.UDPSocket, out: MemoryObjectSendStream[tuple[bytes, str, str]]
+    key: str,
+    udp: anyio.abc.UDPSocket,
+    out: MemoryObjectSendStream[tuple[bytes, str, str]],
+    raw: socket.socket | None = None,
 ) -> None:
     failures = 0
     async with out:
@@ -208,7 +253,11 @@ async def _receive_into(
             except anyio.ClosedResourceError:
                 return
             except (OSError, anyio.BrokenResourceError):
-                # An ICMP error reported on the socket; keep listening (a few times).
+                # An ICMP error reported on the socket: tell the search who refused (the
+                # unicast M-SEARCH to a gateway without SSDP), keep listening (a few times).
+                for dest in refused_destinations(raw) if raw is not None else ():
+                    with suppress(anyio.WouldBlock, anyio.BrokenResourceError):
+                        out.send_nowait((b"", _REFUSED + dest, key))
                 failures += 1
                 if failures > 16:
                     return
@@ -248,12 +297,17 @@ async def _drive(
     on_responder: Callable[[Responder], object] | None,
 ) -> None:
     async with recv, anyio.create_task_group() as tg:
-        for key, (_spec, udp, _raw) in sockets.items():
-            tg.start_soon(_receive_into, key, udp, send.clone())
+        for key, (_spec, udp, raw) in sockets.items():
+            tg.start_soon(_receive_into, key, udp, send.clone(), raw)
         send.close()
         while True:
             for out in search.datagrams_to_send():
                 await _send(out.key, out.host, out.port, out.data, sockets, errors)
+            # ICMP refusals of the unicast M-SEARCHes (a gateway without SSDP) wait in the
+            # sockets' error queues; a send may also have failed because of one.
+            for _spec, _udp, raw in sockets.values():
+                for dest in refused_destinations(raw):
+                    search.gateway_refused(dest, anyio.current_time())
             timer = search.get_timer()
             if timer is None:
                 break
@@ -266,6 +320,9 @@ async def _drive(
                     data, host, key = await recv.receive()
                 except anyio.EndOfStream:
                     await anyio.sleep(max(0.0, timer - anyio.current_time()))
+                    continue
+                if host.startswith(_REFUSED):
+                    search.gateway_refused(host[len(_REFUSED) :], anyio.current_time())
                     continue
                 before = search.found
                 search.receive_datagram(data, host, key, anyio.current_time())

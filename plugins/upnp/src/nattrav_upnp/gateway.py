@@ -89,6 +89,8 @@ class Discovery:
     elapsed: float
     discarded: dict[str, int] = attrs.field(factory=dict)
     errors: dict[str, int] = attrs.field(factory=dict)
+    #: default gateways whose unicast M-SEARCH drew an ICMP Port Unreachable
+    refused: tuple[str, ...] = ()
 
     @property
     def usable(self) -> list[FoundDevice]:
@@ -96,6 +98,12 @@ class Discovery:
 
     def nobody_answered(self) -> str:
         where = ", ".join(self.interfaces) or "no usable interface"
+        if self.refused:
+            return (
+                f"no UPnP IGD answered on {where} within {self.elapsed:.1f} s: the default "
+                f"gateway {', '.join(self.refused)} runs no SSDP (ICMP port unreachable); "
+                "is UPnP enabled on the router?"
+            )
         return (
             f"no UPnP IGD answered on {where} within {self.window:.1f} s; "
             "is UPnP enabled on the router?"
@@ -183,6 +191,7 @@ async def discover(
         elapsed=anyio.current_time() - started,
         discarded=dict(search.discarded),
         errors=dict(errors),
+        refused=tuple(sorted(search.refused)),
     )
 
 

@@ -15,7 +15,10 @@ device answered (any device, when no gateway is known) *and* a device answered f
 family in ``families`` (IPv6 pinholes need the router reached over IPv6); otherwise at most
 ``settle_other`` seconds after the first answer, giving the gateway or the other family a
 moment to speak up. UDP gets lost, so the M-SEARCHes are sent again at ``resend_at`` offsets
-inside the window.
+inside the window. When the unicast M-SEARCH to every default gateway drew an ICMP Port
+Unreachable (``gateway_refused``: the router runs no SSDP) and nothing answered yet, the
+search ends ``refused_wait`` seconds later (a multicast answer's MX delay, for an IGD that is
+not the gateway) instead of at the absolute deadline: a network without UPnP costs that much.
 
 Keeping (U1, U2, U4-U7): each datagram goes through ``ssdp.parse_response``, the IGD filter,
 and ``urls.location_url`` (re-pointed to the responder, which must be a safe address).
@@ -87,6 +90,7 @@ class SsdpSearch:
     resend_at: tuple[float, ...] = (0.0, 0.25, 1.0)
     mx: int = 1
     families: frozenset[int] = frozenset({4})
+    refused_wait: float = 1.0
 
     started_at: float | None = attrs.field(default=None, init=False)
     deadline: float = attrs.field(default=math.inf, init=False)
@@ -95,6 +99,7 @@ class SsdpSearch:
     _pending: list[Outgoing] = attrs.field(factory=list, init=False)
     _next_round: int = attrs.field(default=0, init=False)
     _found: dict[str, Responder] = attrs.field(factory=dict, init=False)
+    refused: set[str] = attrs.field(factory=set, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.gateways = frozenset(canonical_ip(g) or g for g in self.gateways)
@@ -183,9 +188,27 @@ class SsdpSearch:
         if self._satisfied():
             self.deadline = min(self.deadline, now + self.settle)
 
+    def gateway_refused(self, host: str, now: float) -> None:
+        """The unicast M-SEARCH to ``host`` drew an ICMP Port Unreachable: no SSDP there.
+
+        Only default gateways count (nothing else is sent a unicast). Once every gateway
+        refused and nobody answered, the search ends ``refused_wait`` seconds later."""
+        if self.done or self.started_at is None:
+            return
+        ip = canonical_ip(host) or host
+        if ip not in self.gateways:
+            self.discarded["refused-by-stranger"] += 1
+            return
+        self.refused.add(ip)
+        # Only the gateways this search sent a unicast to can refuse (an IPv4-only search
+        # never asks the IPv6 gateway).
+        asked = {canonical_ip(t.host) or t.host for t in self.targets if not t.multicast}
+        if (asked & self.gateways) <= self.refused and not self._found:
+            self.deadline = min(self.deadline, now + self.refused_wait)
+
     def _satisfied(self) -> bool:
         found = self._found.values()
-        if self.gateways and not any(r.from_gateway for r in found):
+        if (self.gateways - self.refused) and not any(r.from_gateway for r in found):
             return False
         seen = {r.location.url.family for r in found}
         return self.families <= seen
