@@ -10,7 +10,7 @@ PLUGINS := $(sort $(wildcard plugins/*/pyproject.toml))
 PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(PLUGINS))
 LAB_DIR := $(if $(wildcard lab/pyproject.toml),lab,)
 
-.PHONY: all venv system-deps lint typecheck unit test demo bench clean
+.PHONY: all venv system-deps lint typecheck unit test demo bench fuzz clean
 
 all: test
 
@@ -19,7 +19,7 @@ system-deps:
 	@if [ -x lab/install-deps.sh ] || [ -f lab/install-deps.sh ]; then bash lab/install-deps.sh; fi
 
 # A virtualenv with every distribution installed in editable mode, with test extras.
-$(VENV)/.installed: core/pyproject.toml $(PLUGINS) $(wildcard lab/pyproject.toml) requirements-dev.txt
+$(VENV)/.installed: core/pyproject.toml $(PLUGINS) $(wildcard lab/pyproject.toml) requirements-dev.txt benchmarks/requirements.txt fuzz/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -r requirements-dev.txt
@@ -30,16 +30,21 @@ venv: $(VENV)/.installed
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check core/src $(foreach d,$(LAB_DIR) $(PLUGIN_DIRS),$(d)/src) || true
 
 typecheck: venv
 	$(VENV)/bin/mypy --strict core/src/nattrav $(foreach d,$(LAB_DIR) $(PLUGIN_DIRS),$(d)/src)
+	$(VENV)/bin/mypy --strict benchmarks fuzz
+
+TEST_PATHS := core/tests $(foreach d,$(LAB_DIR) $(PLUGIN_DIRS),$(d)/tests) tests benchmarks/test_short.py
 
 unit: venv
-	$(PY) -m pytest core/tests $(foreach d,$(LAB_DIR) $(PLUGIN_DIRS),$(d)/tests) tests
+	NATTRAV_SKIP_LAB=1 $(PY) -m pytest $(TEST_PATHS)
 
 test: system-deps venv lint typecheck
-	$(PY) -m pytest core/tests $(foreach d,$(LAB_DIR) $(PLUGIN_DIRS),$(d)/tests) tests
+	$(PY) -m pytest $(TEST_PATHS)
+
+fuzz: venv
+	$(PY) -m fuzz.run --all --seconds 60 --jobs 2
 
 demo: system-deps venv
 	$(PY) -m nattrav_lab.demo

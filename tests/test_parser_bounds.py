@@ -24,9 +24,8 @@ business). A call over the bound is measured twice more and the fastest run coun
 reach 64 KiB (the largest UDP payload; XML and SOAP bodies are capped at 256/64 KiB by the
 parsers themselves).
 
-The known parser bugs found while writing this (see docs/threats.md, "Not covered") are at the
-end as strict xfails: each flips to a failure the day it is fixed, so the mark is removed and
-the input class joins the strategies above.
+The parser bugs found while writing this (docs/threats.md, "Found by fuzzing, fixed") are at
+the end as regression tests.
 """
 
 from __future__ import annotations
@@ -1056,32 +1055,17 @@ def _fault_with_code(code: str) -> bytes:
     ).encode()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="nattrav.gateways.parse_route_print: str.isdigit accepts '²', int() refuses it",
-)
 @pytest.mark.parametrize("metric", ["²", "9" * 4301], ids=["non-decimal-digit", "4301-digits"])
-def test_known_bug_route_print_metric_that_isdigit_but_not_int(metric: str) -> None:
+def test_regression_route_print_metric_that_isdigit_but_not_int(metric: str) -> None:
     text = f"          0.0.0.0          0.0.0.0      192.168.1.1    192.168.1.100     {metric}\n"
     assert gateways.parse_route_print(text) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason="nattrav.gateways.parse_get_netroute_json: json.loads recursion is not caught",
-)
-def test_known_bug_netroute_json_deep_nesting() -> None:
+def test_regression_netroute_json_deep_nesting() -> None:
     assert gateways.parse_get_netroute_json("[" * 100_000) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="nattrav_upnp.soap._fault_error: str.isdigit accepts '²', int() refuses it",
-)
-def test_known_bug_soap_fault_code_non_decimal_digit() -> None:
+def test_regression_soap_fault_code_non_decimal_digit() -> None:
     with pytest.raises((ParseError, UpnpActionError)):
         soap.parse_response("AddPortMapping", 500, _fault_with_code("²"))
 
@@ -1115,12 +1099,7 @@ def _client(body: bytes) -> control.ConnectionClient:
     return control.ConnectionClient(_ScriptedIgd(body), service)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="nattrav_upnp.control._int: str.isdigit accepts '²', int() refuses it",
-)
-def test_known_bug_control_out_argument_non_decimal_digit() -> None:
+def test_regression_control_out_argument_non_decimal_digit() -> None:
     body = _response("GetSpecificPortMappingEntry", {"NewInternalPort": "²"})
     client = _client(body)
 
@@ -1131,12 +1110,7 @@ def test_known_bug_control_out_argument_non_decimal_digit() -> None:
         anyio.run(call)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="nattrav_upnp.control.ConnectionClient.get_status_info: NewUptime '²' reaches int()",
-)
-def test_known_bug_status_uptime_non_decimal_digit() -> None:
+def test_regression_status_uptime_non_decimal_digit() -> None:
     client = _client(
         _response("GetStatusInfo", {"NewConnectionStatus": "Connected", "NewUptime": "²"})
     )
@@ -1148,24 +1122,14 @@ def test_known_bug_status_uptime_non_decimal_digit() -> None:
     assert status.uptime is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="nattrav_relay.attributes._dec_address_error keeps an unknown family as its raw byte: "
-    "0x04 and 0x06 then read as IPv4 and IPv6",
-)
 @pytest.mark.parametrize("family_byte", [4, 6])
-def test_known_bug_address_error_code_family_byte_collides(family_byte: int) -> None:
+def test_regression_address_error_code_family_byte_collides(family_byte: int) -> None:
     decode = turn.TURN_ATTRIBUTES.decoders[turn.ADDRESS_ERROR_CODE]
     value = decode(bytes((family_byte, 0, 4, 40)) + b"Address Family not Supported", bytes(12))
     assert value.family not in (4, 6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason="nattrav_p2p.signals.decode_blob: json.loads recursion is not caught",
-)
-def test_known_bug_pasted_blob_inflating_to_deep_json() -> None:
+def test_regression_pasted_blob_inflating_to_deep_json() -> None:
     packed = base64.urlsafe_b64encode(zlib.compress(b"[" * 60_000, 9)).decode().rstrip("=")
     blob = p2p_signals.BLOB_PREFIX + packed
     assert len(blob) < 200
@@ -1173,11 +1137,6 @@ def test_known_bug_pasted_blob_inflating_to_deep_json() -> None:
         p2p_signals.decode_blob(blob)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="nattrav_upnp.urls.canonical_ip accepts an IPv6 zone index (any text after %), "
-    "though its docstring says a zone index is not an IP literal",
-)
 @pytest.mark.parametrize("text", ["2001:db8::1%eth0", "2001:db8::1%a b\r\nHost: x"])
-def test_known_bug_canonical_ip_accepts_zone_indexes(text: str) -> None:
+def test_regression_canonical_ip_accepts_zone_indexes(text: str) -> None:
     assert urls.canonical_ip(text) is None

@@ -328,7 +328,9 @@ def parse_netstat(text: str) -> list[Gateway]:
 
 
 def _is_int(text: str) -> bool:
-    return text.isdigit()
+    # ASCII only ("²".isdigit() is true but int() refuses it) and bounded (int() refuses
+    # more than 4300 digits): this parser must never raise.
+    return text.isascii() and text.isdigit() and len(text) <= 18
 
 
 def _is_ipv4(text: str) -> bool:
@@ -389,7 +391,7 @@ def parse_get_netroute_json(text: str) -> list[Gateway]:
     """
     try:
         data = json.loads(text) if text.strip() else []
-    except ValueError:
+    except (ValueError, RecursionError):  # deeply nested junk must not escape either
         return []
     rows = data if isinstance(data, list) else [data]
     found: list[Gateway] = []

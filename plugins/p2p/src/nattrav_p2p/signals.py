@@ -66,7 +66,7 @@ def decode_blob(text: str) -> dict[str, Any]:
         value = json.loads(raw)
     except SignalError:
         raise
-    except (binascii.Error, ValueError, zlib.error) as exc:
+    except (binascii.Error, ValueError, zlib.error, RecursionError) as exc:
         raise SignalError(f"pasted text is damaged ({type(exc).__name__}); copy it again") from None
     if not isinstance(value, dict):
         raise SignalError("pasted text does not hold an offer or answer")

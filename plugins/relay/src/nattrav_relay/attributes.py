@@ -134,7 +134,7 @@ class AddressErrorCode(NamedTuple):
     class/number bits were invalid.
     """
 
-    family: int
+    family: int | UnsupportedFamily
     code: int
     reason: str = ""
 
@@ -268,7 +268,9 @@ def _enc_empty(_value: Any, _tid: bytes) -> bytes:
 def _dec_address_error(value: bytes, _tid: bytes) -> AddressErrorCode:
     if len(value) < 4:
         raise _bad("ADDRESS-ERROR-CODE", f"{len(value)} bytes, need at least 4")
-    family = _WIRE_TO_FAMILY.get(value[0], value[0])
+    known = _WIRE_TO_FAMILY.get(value[0])
+    # An unknown wire byte must not read as a family number (0x04 is not IPv4).
+    family = UnsupportedFamily(value[0]) if known is None else known
     cls = value[2] & 0x07
     number = value[3]
     reason = value[4:].decode("utf-8", "replace")
@@ -277,7 +279,11 @@ def _dec_address_error(value: bytes, _tid: bytes) -> AddressErrorCode:
 
 
 def _enc_address_error(value: AddressErrorCode, _tid: bytes) -> bytes:
-    wire = _FAMILY_TO_WIRE.get(value.family, value.family)
+    family = value.family
+    # An unknown family round-trips as its raw wire byte.
+    wire = family.family if isinstance(family, UnsupportedFamily) else _FAMILY_TO_WIRE.get(family)
+    if wire is None:
+        raise LocalProtocolError(f"ADDRESS-ERROR-CODE family must be 4 or 6, not {family!r}")
     if not 300 <= value.code <= 699:
         raise LocalProtocolError(f"ADDRESS-ERROR-CODE {value.code} out of range 300-699")
     return bytes((wire, 0, value.code // 100, value.code % 100)) + value.reason.encode()

@@ -86,7 +86,7 @@ def protocol_number(protocol: str) -> int:
 
 def _int(values: Mapping[str, str], name: str, lo: int = 0, hi: int = 2**32 - 1) -> int:
     text = values.get(name, "").strip()
-    if not text.isdigit() or len(text) > 10 or not lo <= int(text) <= hi:
+    if not (text.isascii() and text.isdigit()) or len(text) > 10 or not lo <= int(text) <= hi:
         raise ParseError(f"{name} {text[:16]!r} is not a number in {lo}-{hi}")
     return int(text)
 
@@ -150,7 +150,9 @@ class ConnectionClient(_Client):
         return StatusInfo(
             status=values.get("NewConnectionStatus", "")[:64],
             last_error=values.get("NewLastConnectionError", "")[:64],
-            uptime=int(uptime) if uptime.isdigit() and len(uptime) <= 10 else None,
+            uptime=(
+                int(uptime) if uptime.isascii() and uptime.isdigit() and len(uptime) <= 10 else None
+            ),
         )
 
     async def add_port_mapping(

@@ -438,7 +438,7 @@ class HttpTransport:
                             f"{what}: HTTP {status} redirect not followed", status=status
                         )
                     length = response.headers.get("content-length", "")
-                    if length.isdigit() and int(length) > self.max_body:
+                    if length.isascii() and length.isdigit() and int(length) > self.max_body:
                         raise BodyTooLargeError(
                             f"{what}: Content-Length {length} exceeds the {self.max_body}-byte cap",
                             status=status,

@@ -128,7 +128,7 @@ def _fault_error(action: str, fault: Element, *, firewall: bool) -> Exception:
     if error is None:
         return ParseError(f"{action}: SOAP fault without a UPnPError detail")
     code_text = text_of(child(error, "errorCode"), limit=16, what="errorCode")
-    if not code_text.isdigit():
+    if not (code_text.isascii() and code_text.isdigit()):
         return ParseError(f"{action}: UPnPError code {code_text[:16]!r} is not a number")
     description = text_of(child(error, "errorDescription"), limit=MAX_VALUE)
     printable = "".join(c if c.isprintable() else "?" for c in description[:128])

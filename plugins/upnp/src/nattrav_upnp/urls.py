@@ -114,6 +114,8 @@ def canonical_ip(text: str) -> str | None:
     Only strict literals count: ``127.1``, ``0x7f.0.0.1`` or a zone index are not IP literals
     here (a resolver would accept some of them, which is exactly why we do not).
     """
+    if "%" in text:  # a zone index is not a literal we connect to
+        return None
     try:
         ip = ipaddress.ip_address(text)
     except ValueError:
