@@ -84,7 +84,7 @@ class ChainConfig:
     goal: Goal = Goal.REACHABLE
     stagger: float = attrs.field(default=0.25, validator=_non_negative)
     grace: float = attrs.field(default=0.1, validator=_non_negative)
-    fallback_grace: float = attrs.field(default=2.0, validator=_non_negative)
+    fallback_grace: float = attrs.field(default=1.0, validator=_non_negative)
     order: tuple[str, ...] = ()
     disabled: tuple[str, ...] = ()
     verify: bool = True

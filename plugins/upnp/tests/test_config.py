@@ -12,7 +12,7 @@ def test_defaults() -> None:
     assert cfg == UpnpConfig()
     assert cfg.lease == 3600
     assert cfg.description == "nattrav"
-    assert cfg.discovery_window == 2.0
+    assert cfg.discovery_window == 1.0
 
 
 def test_values_are_structured() -> None:

@@ -21,7 +21,7 @@ def test_entry_point_registers_the_method_and_command() -> None:
     spec = host.methods["upnp"]
     assert spec.priority == 40
     assert spec.kind is CandidateKind.PORT_MAPPED
-    assert spec.timeout == pytest.approx(2.0 + 4 * 2.0)
+    assert spec.timeout == pytest.approx(1.0 + 4 * 2.0)
     assert spec.group == "gateway"
     assert "upnp" in host.commands
     method = spec.factory()

@@ -11,7 +11,7 @@ Example::
     [plugins.upnp]
     lease = 3600
     description = "nattrav"
-    discovery_window = 2.0
+    discovery_window = 1.0
     interfaces = ["eth0"]
     verify_interval = 300
 """
@@ -66,7 +66,7 @@ class UpnpConfig:
 
     lease: int = attrs.field(default=3600, validator=_range(0, 604800))
     description: str = attrs.field(default="nattrav", validator=_description)
-    discovery_window: float = attrs.field(default=2.0, validator=_range(0, 30, lo_open=True))
+    discovery_window: float = attrs.field(default=1.0, validator=_range(0, 30, lo_open=True))
     settle: float = attrs.field(default=0.02, validator=_range(0, 10))
     settle_other: float = attrs.field(default=0.25, validator=_range(0, 10))
     interfaces: tuple[str, ...] = attrs.field(default=(), validator=_interfaces)
