@@ -19,13 +19,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from typing import TYPE_CHECKING
+
 import attrs
-import cattrs
-from cattrs.gen import make_dict_structure_fn, override
 
 from nattrav.errors import ConfigError
 from nattrav.models import Goal
 from nattrav.resilience import BreakerPolicy, RetryPolicy
+
+if TYPE_CHECKING:
+    import cattrs
 
 __all__ = [
     "ChainConfig",
@@ -137,6 +140,9 @@ class Config:
 
 
 def _make_converter() -> cattrs.Converter:
+    import cattrs
+    from cattrs.gen import make_dict_structure_fn, override
+
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
 
     def _float(value: Any, _t: Any) -> float:
@@ -227,13 +233,25 @@ def _validated(conv: cattrs.Converter, field: attrs.Attribute[Any]) -> Any:
     return hook
 
 
-_CONVERTER = _make_converter()
+_CONVERTERS: list[cattrs.Converter] = []
+
+
+def _converter() -> cattrs.Converter:
+    """Built on first use: cattrs and the generated hooks cost tens of milliseconds at start-up,
+    and a run without a config file or ``NATTRAV_*`` settings never needs them."""
+    if not _CONVERTERS:
+        _CONVERTERS.append(_make_converter())
+    return _CONVERTERS[0]
 
 
 def structure_config(raw: Mapping[str, Any], *, source: str | None = None) -> Config:
     """Validate ``raw`` into a ``Config``; raise one ``ConfigError`` listing every problem."""
+    if not raw:
+        return Config()  # nothing to validate: skip importing cattrs
+    import cattrs
+
     try:
-        return _CONVERTER.structure(dict(raw), Config)
+        return _converter().structure(dict(raw), Config)
     except (cattrs.ClassValidationError, cattrs.IterableValidationError) as exc:
         problems = cattrs.transform_error(exc, path="config", format_exception=_format)
         raise ConfigError([_humanise(p) for p in problems], source=source) from None
@@ -242,6 +260,8 @@ def structure_config(raw: Mapping[str, Any], *, source: str | None = None) -> Co
 
 
 def _format(exc: BaseException, type_: Any) -> str:
+    import cattrs
+
     if isinstance(exc, cattrs.ForbiddenExtraKeysError):
         return f"unknown key(s): {', '.join(sorted(exc.extra_fields))}"
     if isinstance(exc, KeyError):
@@ -261,7 +281,7 @@ def _humanise(problem: str) -> str:
 
 def config_to_raw(config: Config) -> dict[str, Any]:
     """Unstructure a config to plain data (for ``--json`` output and round trips)."""
-    data: dict[str, Any] = _CONVERTER.unstructure(config)
+    data: dict[str, Any] = _converter().unstructure(config)
     return data
 
 

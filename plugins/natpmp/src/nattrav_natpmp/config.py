@@ -22,13 +22,14 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
-import cattrs
-from cattrs.gen import make_dict_structure_fn, override
 from nattrav.errors import ConfigError
 from nattrav.gateways import parse_gateway
+
+if TYPE_CHECKING:
+    import cattrs
 
 __all__ = ["NatPmpSettings", "load_settings"]
 
@@ -110,6 +111,9 @@ class NatPmpSettings:
 
 
 def _make_converter() -> cattrs.Converter:
+    import cattrs
+    from cattrs.gen import make_dict_structure_fn, override
+
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
 
     def _number(value: Any, _t: Any) -> float:
@@ -184,13 +188,25 @@ def _make_converter() -> cattrs.Converter:
     return conv
 
 
-_CONVERTER = _make_converter()
+_CONVERTERS: list[cattrs.Converter] = []
+
+
+def _conv() -> cattrs.Converter:
+    """Built on first use: importing cattrs and generating hooks costs milliseconds at every
+    CLI start, and an empty table never needs them."""
+    if not _CONVERTERS:
+        _CONVERTERS.append(_make_converter())
+    return _CONVERTERS[0]
 
 
 def load_settings(raw: Mapping[str, Any] | None) -> NatPmpSettings:
     """Validate the plugin's table; raise one ``ConfigError`` listing every problem."""
+    if not raw:
+        return NatPmpSettings()  # nothing to validate
+    import cattrs
+
     try:
-        return _CONVERTER.structure(dict(raw or {}), NatPmpSettings)
+        return _conv().structure(dict(raw or {}), NatPmpSettings)
     except cattrs.ClassValidationError as exc:
         problems = cattrs.transform_error(exc, path="plugins.natpmp", format_exception=_format)
         raise ConfigError([_where(p) for p in problems]) from None
@@ -199,6 +215,8 @@ def load_settings(raw: Mapping[str, Any] | None) -> NatPmpSettings:
 
 
 def _format(exc: BaseException, type_: Any) -> str:
+    import cattrs
+
     if isinstance(exc, cattrs.ForbiddenExtraKeysError):
         return f"unknown key(s): {', '.join(sorted(exc.extra_fields))}"
     return str(exc) or cattrs.v.format_exception(exc, type_)

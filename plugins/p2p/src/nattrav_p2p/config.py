@@ -22,11 +22,13 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-import cattrs
 from nattrav.errors import ConfigError
+
+if TYPE_CHECKING:
+    import cattrs
 
 __all__ = ["AgentConfig", "P2pConfig", "load_config"]
 
@@ -100,6 +102,8 @@ class P2pConfig(AgentConfig):
 
 
 def _converter() -> cattrs.Converter:
+    import cattrs
+
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
 
     def _float(value: Any, _t: Any) -> float:
@@ -133,13 +137,25 @@ def _converter() -> cattrs.Converter:
     return conv
 
 
-_CONVERTER = _converter()
+_CONVERTERS: list[cattrs.Converter] = []
+
+
+def _conv() -> cattrs.Converter:
+    """Built on first use: importing cattrs and generating hooks costs milliseconds at every
+    CLI start, and an empty table never needs them."""
+    if not _CONVERTERS:
+        _CONVERTERS.append(_converter())
+    return _CONVERTERS[0]
 
 
 def load_config(raw: Mapping[str, Any] | None) -> P2pConfig:
     """Validate the plugin table; ``ConfigError`` lists every problem."""
+    if not raw:
+        return P2pConfig()  # nothing to validate
+    import cattrs
+
     try:
-        cfg = _CONVERTER.structure(dict(raw or {}), P2pConfig)
+        cfg = _conv().structure(dict(raw or {}), P2pConfig)
     except (cattrs.ClassValidationError, cattrs.IterableValidationError) as exc:
         problems = cattrs.transform_error(exc, path="plugins.p2p")
         raise ConfigError([_humanise(p) for p in problems]) from None

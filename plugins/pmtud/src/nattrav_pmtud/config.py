@@ -24,7 +24,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import cattrs
 from nattrav.addresses import parse_hostport
 from nattrav.errors import ConfigError
 
@@ -32,6 +31,9 @@ from nattrav_pmtud.search import SearchSettings
 
 if TYPE_CHECKING:
     from nattrav_pmtud.prober import ProbeCredentials
+
+if TYPE_CHECKING:
+    import cattrs
 
 __all__ = ["DEFAULT_PORT", "PmtudConfig", "load_config", "parse_target"]
 
@@ -139,6 +141,8 @@ def check(cfg: PmtudConfig) -> list[str]:
 
 
 def _converter() -> cattrs.Converter:
+    import cattrs
+
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
 
     def _float(value: Any, _t: Any) -> float:
@@ -192,7 +196,15 @@ def _converter() -> cattrs.Converter:
     return conv
 
 
-_CONVERTER = _converter()
+_CONVERTERS: list[cattrs.Converter] = []
+
+
+def _conv() -> cattrs.Converter:
+    """Built on first use: importing cattrs and generating hooks costs milliseconds at every
+    CLI start, and an empty table never needs them."""
+    if not _CONVERTERS:
+        _CONVERTERS.append(_converter())
+    return _CONVERTERS[0]
 
 
 def _format(exc: BaseException, _type: Any) -> str:
@@ -203,8 +215,12 @@ def _format(exc: BaseException, _type: Any) -> str:
 
 def load_config(raw: Mapping[str, Any] | None) -> PmtudConfig:
     """Validate ``[plugins.pmtud]``; raise one ``ConfigError`` listing every problem."""
+    if not raw:
+        return PmtudConfig()  # nothing to validate
+    import cattrs
+
     try:
-        cfg = _CONVERTER.structure(dict(raw or {}), PmtudConfig)
+        cfg = _conv().structure(dict(raw or {}), PmtudConfig)
     except cattrs.ClassValidationError as exc:
         problems = cattrs.transform_error(exc, path="plugins.pmtud", format_exception=_format)
         raise ConfigError(problems) from None

@@ -35,12 +35,13 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
-import cattrs
-from cattrs.gen import make_dict_structure_fn
 from nattrav.errors import ConfigError
+
+if TYPE_CHECKING:
+    import cattrs
 
 __all__ = ["RelayConfig", "ServerConfig", "fallback_uri", "load_config", "parse_turn_uri"]
 
@@ -224,6 +225,9 @@ def _peer_ip(text: str) -> str | None:
 
 
 def _converter() -> cattrs.Converter:
+    import cattrs
+    from cattrs.gen import make_dict_structure_fn
+
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
 
     def _float(value: Any, _t: Any) -> float:
@@ -264,9 +268,11 @@ def _converter() -> cattrs.Converter:
 
     def _servers(value: Any, _t: Any) -> tuple[ServerConfig, ...]:
         if isinstance(value, str | Mapping):
-            value = [v.strip() for v in value.split(",") if v.strip()] if isinstance(
-                value, str
-            ) else [value]
+            value = (
+                [v.strip() for v in value.split(",") if v.strip()]
+                if isinstance(value, str)
+                else [value]
+            )
         if not isinstance(value, list | tuple):
             raise TypeError(f"expected a list of TURN servers, got {value!r}")
         return tuple(_server(v, ServerConfig) for v in value)
@@ -284,13 +290,25 @@ def _converter() -> cattrs.Converter:
     return conv
 
 
-_CONVERTER = _converter()
+_CONVERTERS: list[cattrs.Converter] = []
+
+
+def _conv() -> cattrs.Converter:
+    """Built on first use: importing cattrs and generating hooks costs milliseconds at every
+    CLI start, and an empty table never needs them."""
+    if not _CONVERTERS:
+        _CONVERTERS.append(_converter())
+    return _CONVERTERS[0]
 
 
 def load_config(raw: Mapping[str, Any] | None) -> RelayConfig:
     """Validate the plugin table; ``ConfigError`` lists every problem."""
+    if not raw:
+        return RelayConfig()  # nothing to validate
+    import cattrs
+
     try:
-        cfg = _CONVERTER.structure(dict(raw or {}), RelayConfig)
+        cfg = _conv().structure(dict(raw or {}), RelayConfig)
     except (cattrs.ClassValidationError, cattrs.IterableValidationError) as exc:
         problems = cattrs.transform_error(exc, path=f"plugins.{PLUGIN}")
         raise ConfigError([_humanise(p) for p in problems]) from None

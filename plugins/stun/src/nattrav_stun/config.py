@@ -27,14 +27,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
-import cattrs
-from cattrs.gen import make_dict_structure_fn
 from nattrav.errors import ConfigError
 
 from nattrav_stun.uri import ServerAddress, parse_server
+
+if TYPE_CHECKING:
+    import cattrs
 
 __all__ = [
     "DEFAULT_SERVERS",
@@ -232,6 +233,9 @@ def _check(cfg: StunConfig) -> list[str]:
 
 
 def _converter() -> cattrs.Converter:
+    import cattrs
+    from cattrs.gen import make_dict_structure_fn
+
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
 
     def _float(value: Any, _t: Any) -> float:
@@ -273,13 +277,25 @@ def _converter() -> cattrs.Converter:
     return conv
 
 
-_CONVERTER = _converter()
+_CONVERTERS: list[cattrs.Converter] = []
+
+
+def _conv() -> cattrs.Converter:
+    """Built on first use: importing cattrs and generating hooks costs milliseconds at every
+    CLI start, and an empty table never needs them."""
+    if not _CONVERTERS:
+        _CONVERTERS.append(_converter())
+    return _CONVERTERS[0]
 
 
 def load_config(raw: Mapping[str, Any] | None) -> StunConfig:
     """Validate the plugin table; ``ConfigError`` lists every problem."""
+    if not raw:
+        return StunConfig()  # nothing to validate
+    import cattrs
+
     try:
-        cfg = _CONVERTER.structure(dict(raw or {}), StunConfig)
+        cfg = _conv().structure(dict(raw or {}), StunConfig)
     except (cattrs.ClassValidationError, cattrs.IterableValidationError) as exc:
         problems = cattrs.transform_error(exc, path="plugins.stun")
         raise ConfigError([_humanise(p) for p in problems]) from None

@@ -19,14 +19,15 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-import cattrs
-from cattrs.gen import make_dict_structure_fn, override
 from nattrav.errors import ConfigError
 
 from nattrav_upnp.urls import canonical_ip
+
+if TYPE_CHECKING:
+    import cattrs
 
 __all__ = ["UpnpConfig", "load_config"]
 
@@ -82,6 +83,9 @@ class UpnpConfig:
 
 
 def _make_converter() -> cattrs.Converter:
+    import cattrs
+    from cattrs.gen import make_dict_structure_fn, override
+
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
 
     def _float(value: Any, _t: Any) -> float:
@@ -136,6 +140,7 @@ def _make_converter() -> cattrs.Converter:
 
 
 def _validated(conv: cattrs.Converter, field: attrs.Attribute[Any]) -> Any:
+
     def hook(value: Any, _t: Any) -> Any:
         assert field.type is not None and field.validator is not None
         result = conv.structure(value, field.type)
@@ -145,13 +150,25 @@ def _validated(conv: cattrs.Converter, field: attrs.Attribute[Any]) -> Any:
     return hook
 
 
-_CONVERTER = _make_converter()
+_CONVERTERS: list[cattrs.Converter] = []
+
+
+def _conv() -> cattrs.Converter:
+    """Built on first use: importing cattrs and generating hooks costs milliseconds at every
+    CLI start, and an empty table never needs them."""
+    if not _CONVERTERS:
+        _CONVERTERS.append(_make_converter())
+    return _CONVERTERS[0]
 
 
 def load_config(raw: Mapping[str, Any] | None) -> UpnpConfig:
     """Validate the plugin's table; raise one ``ConfigError`` listing every problem."""
+    if not raw:
+        return UpnpConfig()  # nothing to validate
+    import cattrs
+
     try:
-        return _CONVERTER.structure(dict(raw or {}), UpnpConfig)
+        return _conv().structure(dict(raw or {}), UpnpConfig)
     except cattrs.ClassValidationError as exc:
         problems = cattrs.transform_error(exc, path="plugins.upnp", format_exception=_format)
         raise ConfigError([_humanise(p) for p in problems]) from None
@@ -160,6 +177,8 @@ def load_config(raw: Mapping[str, Any] | None) -> UpnpConfig:
 
 
 def _format(exc: BaseException, type_: Any) -> str:
+    import cattrs
+
     if isinstance(exc, cattrs.ForbiddenExtraKeysError):
         return f"unknown key(s): {', '.join(sorted(exc.extra_fields))}"
     return str(exc) or cattrs.v.format_exception(exc, type_)
