@@ -295,6 +295,8 @@ TlvEncoder = Callable[[Any, bytes], bytes]
 # that replaces a codec with its own gets the generic path, never a wrong shortcut. These two
 # mappings are filled once, below, at import; nothing changes them afterwards.
 _K_XOR, _K_ADDR, _K_U32, _K_U64, _K_TEXT, _K_TEXT_LENIENT = 1, 2, 3, 4, 5, 6
+# The attributes ``decode`` handles itself, whatever the table: kinds above all the others.
+_K_MI, _K_MI256, _K_FINGERPRINT = 10, 11, 12
 _DECODER_KINDS: dict[Decoder, int] = {}
 _TLV_FACTORIES: dict[Encoder, Callable[[int], TlvEncoder]] = {}
 _TEXT_QUICK_LIMITS: dict[Encoder, int] = {}
@@ -724,6 +726,9 @@ class AttributeTable:
                 self.tlv_encoders[t] = quick
         for t in _PLACED:
             self.tlv_encoders[t] = _placed_encoder(self.names.get(t, f"{t:#06x}"))
+        self.inline[MESSAGE_INTEGRITY] = _K_MI
+        self.inline[MESSAGE_INTEGRITY_SHA256] = _K_MI256
+        self.inline[FINGERPRINT] = _K_FINGERPRINT
 
     def extend(self, *specs: AttributeSpec) -> AttributeTable:
         """A new table with ``specs`` added (replacing any of the same type)."""
@@ -1126,38 +1131,41 @@ def decode(data: bytes, table: AttributeTable = STUN_ATTRIBUTES) -> Message:
     ``data`` must be exactly one message (a UDP datagram, or a message ``StreamFramer`` cut
     out of a TCP stream). See the module docstring for the rules applied.
     """
-    # Hot path (one call per datagram): attribute types are literals rather than module
-    # globals, and the integrity state is one small int.
+    # Hot path (one call per datagram). Every attribute type maps to a small int "kind" (the
+    # table's ``inline``): the integrity attributes and FINGERPRINT, and the standard codecs
+    # this loop runs inline (IPv4 addresses, integers, texts: what Binding responses and ICE
+    # checks carry), with the same rules and errors as the decoder functions; kind 0 is
+    # "call the table's decoder" or "unknown". The message is filled in without running
+    # ``Message.__init__``: everything it would check is known good here.
     try:
         n = len(data)
         if n < 20:
             raise ParseError(f"STUN message of {n} bytes is shorter than the 20-byte header")
         if type(data) is not bytes:
             data = bytes(data)
-        mtype, length, cookie, tid = _HEADER.unpack_from(data)
-        if mtype & 0xC000:
-            raise ParseError("not STUN: the two top bits of the message type are not zero")
-        if cookie != 0x2112A442:
-            raise ParseError("not STUN (RFC 8489): wrong magic cookie")
-        if length & 3:
-            raise ParseError(f"STUN message length {length} is not a multiple of 4")
-        if length + 20 != n:
-            raise ParseError(f"STUN header says {length + 20} bytes, {n} arrived")
-        method = (mtype & 0x000F) | ((mtype & 0x00E0) >> 1) | ((mtype & 0x3E00) >> 2)
-        cls = _CLASSES[((mtype >> 4) & 1) | ((mtype >> 7) & 2)]
+        mtype, length, cookie, tid = _HEADER_UNPACK(data)
+        if mtype & 0xC000 or cookie != 0x2112A442 or length & 3 or length + 20 != n:
+            raise _header_error(mtype, length, cookie, n)
+        msg = _new_object(Message)
+        split = _SPLIT_TYPE.get(mtype)
+        if split is None:
+            msg.method = (mtype & 0x000F) | ((mtype & 0x00E0) >> 1) | ((mtype & 0x3E00) >> 2)
+            msg.cls = _CLASSES[((mtype >> 4) & 1) | ((mtype >> 7) & 2)]
+        else:
+            msg.method, msg.cls = split
+        msg.transaction_id = tid
         if n == 20:
-            return Message(method, cls, tid, {}, (data, -1, -1, False, ()))
+            msg.attributes = {}
+            msg._wire = (data, -1, -1, False, ())
+            return msg
         attributes: dict[int, Any] = {}
-        decoders = table.decoders
-        inline = table.inline
-        unpack_u32 = _U32.unpack_from
-        unpack_u64 = _U64.unpack_from
+        kinds = table.inline
         unknown: list[int] | None = None
         dropped: set[int] | None = None  # types whose first occurrence was ignored
         mi_off = mi256_off = -1
         sealed = 0  # 1: after MESSAGE-INTEGRITY, 2: after MESSAGE-INTEGRITY-SHA256 (§9)
         fingerprint = False
-        unpack_tlv = _TLV.unpack_from
+        unpack_tlv = _TLV_UNPACK
         pos = 20
         while pos < n:
             if pos + 4 > n:
@@ -1170,100 +1178,119 @@ def decode(data: bytes, table: AttributeTable = STUN_ATTRIBUTES) -> Message:
                     f"STUN attribute {attr_type:#06x} runs past the end of the message"
                 )
             next_pos = end + (-alen & 3)
-            if attr_type == 0x8028:  # FINGERPRINT
-                if alen != 4:
-                    raise ParseError("STUN FINGERPRINT must be 4 bytes")
-                if next_pos != n:
-                    raise ParseError("STUN FINGERPRINT is not the last attribute")
-                if _U32.unpack_from(data, start)[0] != _crc32(data[:pos]) ^ 0x5354554E:
-                    raise ParseError("STUN FINGERPRINT does not match")
-                fingerprint = True
-                break
-            if sealed:
-                # After MESSAGE-INTEGRITY only MESSAGE-INTEGRITY-SHA256 (and FINGERPRINT)
-                # count; after MESSAGE-INTEGRITY-SHA256 only FINGERPRINT. The rest is
-                # walked over and invisible (§9).
-                if sealed == 1 and attr_type == 0x001C:
+            kind = kinds.get(attr_type, 0)
+            if kind >= 10:
+                if kind == 12:  # FINGERPRINT
+                    if alen != 4:
+                        raise ParseError("STUN FINGERPRINT must be 4 bytes")
+                    if next_pos != n:
+                        raise ParseError("STUN FINGERPRINT is not the last attribute")
+                    if _U32_UNPACK(data, start)[0] != _crc32(data[:pos]) ^ 0x5354554E:
+                        raise ParseError("STUN FINGERPRINT does not match")
+                    fingerprint = True
+                    break
+                if sealed:
+                    # After MESSAGE-INTEGRITY only MESSAGE-INTEGRITY-SHA256 (and FINGERPRINT)
+                    # count; after MESSAGE-INTEGRITY-SHA256 only FINGERPRINT (§9).
+                    if sealed == 1 and kind == 11:
+                        _dec_mi256(data[start:end], tid)
+                        mi256_off = pos
+                        sealed = 2
+                elif kind == 10:  # MESSAGE-INTEGRITY
+                    if alen != 20:
+                        raise ParseError("STUN MESSAGE-INTEGRITY must be 20 bytes")
+                    mi_off = pos
+                    sealed = 1
+                else:  # MESSAGE-INTEGRITY-SHA256
                     _dec_mi256(data[start:end], tid)
                     mi256_off = pos
                     sealed = 2
-            elif attr_type == 0x0008:  # MESSAGE-INTEGRITY
-                if alen != 20:
-                    raise ParseError("STUN MESSAGE-INTEGRITY must be 20 bytes")
-                mi_off = pos
-                sealed = 1
-            elif attr_type == 0x001C:  # MESSAGE-INTEGRITY-SHA256
-                _dec_mi256(data[start:end], tid)
-                mi256_off = pos
-                sealed = 2
-            elif attr_type not in attributes and (dropped is None or attr_type not in dropped):
-                # The standard decoders' attributes (IPv4 addresses, integers, texts: what
-                # Binding responses and ICE checks carry) are decoded inline: no call, and
-                # no slice for the fixed-size ones. Same rules, same errors as the decoders.
-                kind = inline.get(attr_type)
-                if kind is not None and (kind > 2 or (alen == 8 and data[start + 1] == 1)):
-                    if kind == 1:  # XOR-MAPPED-ADDRESS and the like, IPv4
-                        host = "%d.%d.%d.%d" % (  # noqa: UP031 (the fastest formatting)
-                            data[start + 4] ^ 0x21,
-                            data[start + 5] ^ 0x12,
-                            data[start + 6] ^ 0xA4,
-                            data[start + 7] ^ 0x42,
-                        )
-                        port = ((data[start + 2] << 8) | data[start + 3]) ^ 0x2112
-                        attributes[attr_type] = _new_address(Address, (host, port))
-                    elif kind == 2:  # MAPPED-ADDRESS and the like, IPv4
-                        host = "%d.%d.%d.%d" % (  # noqa: UP031
-                            data[start + 4],
-                            data[start + 5],
-                            data[start + 6],
-                            data[start + 7],
-                        )
-                        port = (data[start + 2] << 8) | data[start + 3]
-                        attributes[attr_type] = _new_address(Address, (host, port))
-                    elif kind == 3:
-                        if alen != 4:
-                            raise _bad(table.names[attr_type], f"{alen} bytes (must be 4)")
-                        attributes[attr_type] = unpack_u32(data, start)[0]
-                    elif kind == 4:
-                        if alen != 8:
-                            raise _bad(table.names[attr_type], f"{alen} bytes (must be 8)")
-                        attributes[attr_type] = unpack_u64(data, start)[0]
+            elif sealed:
+                pass  # walked over (it was well-formed) and invisible (§9)
+            elif attr_type in attributes or (dropped is not None and attr_type in dropped):
+                pass  # only the first occurrence counts
+            elif kind == 1 and alen == 8 and data[start + 1] == 1:  # XOR address, IPv4
+                _, _, port, a, b, c, d = _ADDR4_UNPACK(data, start)
+                attributes[attr_type] = _new_address(
+                    Address, (f"{_X21[a]}.{_X12[b]}.{_XA4[c]}.{_X42[d]}", port ^ 0x2112)
+                )
+            elif kind == 2 and alen == 8 and data[start + 1] == 1:  # plain address, IPv4
+                _, _, port, a, b, c, d = _ADDR4_UNPACK(data, start)
+                attributes[attr_type] = _new_address(
+                    Address, (f"{_DEC[a]}.{_DEC[b]}.{_DEC[c]}.{_DEC[d]}", port)
+                )
+            elif kind >= 5:  # text
+                if alen > 763:
+                    raise _bad(table.names[attr_type], f"{alen} bytes, more than {763}")
+                try:
+                    attributes[attr_type] = data[start:end].decode()
+                except UnicodeDecodeError:
+                    if kind == 5:
+                        raise _bad(table.names[attr_type], "not UTF-8") from None
+                    attributes[attr_type] = data[start:end].decode("utf-8", "replace")
+            elif kind == 3:
+                if alen != 4:
+                    raise _bad(table.names[attr_type], f"{alen} bytes (must be 4)")
+                attributes[attr_type] = _U32_UNPACK(data, start)[0]
+            elif kind == 4:
+                if alen != 8:
+                    raise _bad(table.names[attr_type], f"{alen} bytes (must be 8)")
+                attributes[attr_type] = _U64_UNPACK(data, start)[0]
+            elif (dec := table.decoders.get(attr_type)) is not None:
+                value = dec(data[start:end], tid)
+                if value is not None:
+                    attributes[attr_type] = value
+                else:  # unknown address family: ignored, and so are its duplicates (§14)
+                    if dropped is None:
+                        dropped = set()
+                    dropped.add(attr_type)
+            else:
+                attributes[attr_type] = data[start:end]
+                if attr_type < 0x8000:
+                    if unknown is None:
+                        unknown = [attr_type]
                     else:
-                        if alen > 763:
-                            raise _bad(table.names[attr_type], f"{alen} bytes, more than {763}")
-                        try:
-                            attributes[attr_type] = data[start:end].decode(
-                                "utf-8", "strict" if kind == 5 else "replace"
-                            )
-                        except UnicodeDecodeError:
-                            raise _bad(table.names[attr_type], "not UTF-8") from None
-                elif (dec := decoders.get(attr_type)) is not None:
-                    value = dec(data[start:end], tid)
-                    if value is not None:
-                        attributes[attr_type] = value
-                    else:  # unknown address family: ignored, and so are its duplicates (§14)
-                        if dropped is None:
-                            dropped = set()
-                        dropped.add(attr_type)
-                else:
-                    attributes[attr_type] = data[start:end]
-                    if attr_type < 0x8000:
-                        if unknown is None:
-                            unknown = [attr_type]
-                        else:
-                            unknown.append(attr_type)
+                        unknown.append(attr_type)
             pos = next_pos
-        return Message(
-            method,
-            cls,
-            tid,
-            attributes,
-            (data, mi_off, mi256_off, fingerprint, tuple(unknown) if unknown else ()),
-        )
+        msg.attributes = attributes
+        msg._wire = (data, mi_off, mi256_off, fingerprint, tuple(unknown) if unknown else ())
+        return msg
     except ParseError:
         raise
     except Exception as exc:  # defence in depth: a decoder bug must not escape as a crash
         raise ParseError(f"STUN message rejected: {type(exc).__name__}: {exc}") from None
+
+
+def _header_error(mtype: int, length: int, cookie: int, n: int) -> ParseError:
+    """Why a header failed ``decode``'s combined check, in the order the RFC lists them."""
+    if mtype & 0xC000:
+        return ParseError("not STUN: the two top bits of the message type are not zero")
+    if cookie != 0x2112A442:
+        return ParseError("not STUN (RFC 8489): wrong magic cookie")
+    if length & 3:
+        return ParseError(f"STUN message length {length} is not a multiple of 4")
+    return ParseError(f"STUN header says {length + 20} bytes, {n} arrived")
+
+
+_HEADER_UNPACK = _HEADER.unpack_from
+_TLV_UNPACK = _TLV.unpack_from
+_U32_UNPACK = _U32.unpack_from
+_U64_UNPACK = _U64.unpack_from
+#: reserved, family, port, and the four bytes of an IPv4 address attribute
+_ADDR4_UNPACK = struct.Struct("!BBH4B").unpack_from
+_new_object = object.__new__
+#: (method, class) of the message types of the methods STUN and TURN define
+_SPLIT_TYPE: dict[int, tuple[int, MessageClass]] = {
+    _METHOD_BITS[m] | _CLASS_BITS[c]: (m, _CLASSES[c]) for m in range(0x010) for c in range(4)
+}
+# Decimal text of each byte value, and of each byte XORed with the magic cookie's byte at its
+# position (XOR-MAPPED-ADDRESS): an IPv4 address is then four lookups and one f-string, half
+# the cost of "%d.%d.%d.%d" formatting.
+_DEC = tuple(str(b) for b in range(256))
+_X21 = tuple(str(b ^ 0x21) for b in range(256))
+_X12 = tuple(str(b ^ 0x12) for b in range(256))
+_XA4 = tuple(str(b ^ 0xA4) for b in range(256))
+_X42 = tuple(str(b ^ 0x42) for b in range(256))
 
 
 # --------------------------------------------------------------------- verification
