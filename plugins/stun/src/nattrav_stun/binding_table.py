@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import secrets
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -59,7 +60,6 @@ from nattrav_stun.codec import (
     attribute_name,
     decode,
     encode,
-    new_transaction_id,
 )
 from nattrav_stun.events import (
     AuthenticationFailed,
@@ -85,13 +85,18 @@ class LeanBinding:
     """One Binding transaction of a ``BindingTable``.
 
     The driver sends ``data`` to ``destination`` when the table says so and reads the outcome
-    once ``done``: ``message`` and ``source`` for a success (``event`` stays ``None``, so a
-    success costs no event object unless one is asked for with ``outcome()``), ``event`` for
-    anything else. ``waiter`` is the driver's, untouched here. A 5xx retry replaces the
-    transaction with a new one (new ID) that inherits the waiter; ``receive`` returns it.
+    once ``done``: for a success ``event`` stays ``None`` and ``attributes`` (the response's
+    decoded attributes: read them, do not change them) and ``source`` are set, so a success
+    costs no event or message object unless ``outcome()`` or ``response_message()`` asks for
+    one; ``event`` is the outcome otherwise. ``waiter`` is the driver's, untouched here. A 5xx
+    retry replaces the transaction with a new one (new ID) that inherits the waiter;
+    ``receive`` returns it.
     """
 
     __slots__ = (
+        "_memo",
+        "_message",
+        "attributes",
         "data",
         "deadline",
         "destination",
@@ -102,14 +107,13 @@ class LeanBinding:
         "first_sent",
         "interval",
         "limit",
-        "message",
         "next_send",
+        "response",
         "retries",
         "rto",
         "rtt",
         "sends",
         "source",
-        "started",
         "successor",
         "tid",
         "waiter",
@@ -125,7 +129,6 @@ class LeanBinding:
         self.earlier_sends = 0
         self.retries = 0
         self.first_sent = 0.0
-        self.started = 0.0
         self.next_send = _INF
         self.deadline = _INF
         self.due = _INF
@@ -133,7 +136,10 @@ class LeanBinding:
         self.limit: float | None = None
         self.done = False
         self.event: Event | None = None
-        self.message: Message | None = None
+        self.attributes: dict[int, Any] | None = None
+        self.response: bytes | None = None
+        self._message: Message | None = None
+        self._memo: _Memo | None = None
         self.source: Address | None = None
         self.rtt: float | None = None
         self.waiter: Any = None
@@ -145,13 +151,22 @@ class LeanBinding:
         """Requests sent for this Binding, over every transaction (5xx retries included)."""
         return self.earlier_sends + self.sends
 
+    def response_message(self) -> Message:
+        """The success response as a ``Message`` (built on demand after a memo hit)."""
+        msg = self._message
+        if msg is None:
+            if self._memo is None or self.response is None:
+                raise LocalProtocolError("the Binding transaction has no success response")
+            msg = self._message = self._memo.message(self.response)
+        return msg
+
     def outcome(self) -> Event:
         """The event ``StunRequest`` would have produced (builds the ``SuccessResponse``)."""
         if self.event is not None:
             return self.event
-        if self.message is None or self.source is None:
+        if self.source is None:
             raise LocalProtocolError("the Binding transaction has not finished")
-        return SuccessResponse(self.message, self.source, False, self.rtt, self.sends)
+        return SuccessResponse(self.response_message(), self.source, False, self.rtt, self.sends)
 
     def __repr__(self) -> str:
         state = "done" if self.done else f"due {self.due:.3f}"
@@ -162,7 +177,9 @@ class BindingTable:
     """Outstanding unauthenticated Binding transactions of one UDP socket (sans-IO).
 
     ``software``/``fingerprint``/``table``: what every request carries and how responses are
-    decoded (the client's settings). ``transaction_ids``: a source of 12 random bytes.
+    decoded (the client's settings). ``random_bytes(n)``: n bytes from a CSPRNG (the
+    transaction IDs, RFC 8489 §5; drawn 256 IDs at a time: one system call per request
+    measurably slows a busy client, and the bits are just as random).
     """
 
     def __init__(
@@ -172,14 +189,15 @@ class BindingTable:
         software: str | None = None,
         fingerprint: bool = False,
         table: AttributeTable = STUN_ATTRIBUTES,
-        transaction_ids: Callable[[], bytes] = new_transaction_id,
+        random_bytes: Callable[[int], bytes] = secrets.token_bytes,
     ) -> None:
         timers = timers or Timers()
         self.rc = timers.rc
         self.rm = timers.rm
         self.table = table
         self.fingerprint = fingerprint
-        self.new_tid = transaction_ids
+        self.random_bytes = random_bytes
+        self._ids: list[bytes] = []
         self.pending: dict[bytes, LeanBinding] = {}
         self._queue: deque[LeanBinding] = deque()
         self._heap: list[tuple[float, int, LeanBinding]] = []
@@ -205,30 +223,68 @@ class BindingTable:
 
     # ---------------------------------------------------------------- requests
 
-    def _request(self, tid: bytes) -> bytes:
-        if len(tid) != 12:
-            raise LocalProtocolError("a STUN transaction ID is 12 bytes")
-        data = self._head + tid + self._tail
-        if self.fingerprint:
-            data = encode_fingerprint(data)
-        return data
+    def new_tid(self) -> bytes:
+        """A fresh transaction ID."""
+        ids = self._ids
+        if not ids:
+            pool = self.random_bytes(12 * 256)
+            if len(pool) != 12 * 256:
+                raise LocalProtocolError("random_bytes returned the wrong number of bytes")
+            ids += [pool[i : i + 12] for i in range(0, 12 * 256, 12)]
+        return ids.pop()
 
     def start(
         self, destination: Address, now: float, rto: float, timeout: float | None = None
     ) -> LeanBinding:
         """A new transaction, sent now: the caller sends ``txn.data`` to ``destination``."""
+        # The hot path of a busy client: the fields are set here rather than through
+        # LeanBinding.__init__ and _begin (two calls fewer); _retry takes the long way.
         if rto <= 0:
             raise LocalProtocolError("rto must be > 0")
-        tid = self.new_tid()
-        txn = LeanBinding(tid, self._request(tid), destination, rto)
-        if timeout is not None:
-            txn.limit = now + timeout
+        ids = self._ids
+        tid = ids.pop() if ids else self.new_tid()
+        data = self._head + tid + self._tail
+        if self.fingerprint:
+            data = encode_fingerprint(data)
+        txn: LeanBinding = _new_object(LeanBinding)
+        txn.tid = tid
+        txn.data = data
+        txn.destination = destination
+        txn.rto = rto
+        txn.sends = 1
+        txn.earlier_sends = txn.retries = 0
+        txn.first_sent = now
+        txn.done = False
+        txn.event = txn.attributes = txn.response = txn._message = txn._memo = None
+        txn.source = txn.rtt = txn.waiter = txn.successor = None
+        if self.rc > 1:
+            txn.next_send = now + rto
+            txn.interval = rto + rto
+            txn.deadline = _INF
+        else:
+            txn.next_send = _INF
+            txn.interval = rto
+            txn.deadline = now + self.rm * rto
+        if timeout is None:
+            txn.limit = None
+        else:
+            txn.limit = limit = now + timeout
+            if limit < txn.deadline:
+                txn.deadline = limit
+            if txn.next_send >= txn.deadline:
+                txn.next_send = _INF
+        txn.due = due = txn.next_send if txn.next_send < txn.deadline else txn.deadline
         self.pending[tid] = txn
-        self._begin(txn, now)
+        queue = self._queue
+        if not queue or due >= queue[-1].due:
+            queue.append(txn)
+        else:
+            self._seq += 1
+            heapq.heappush(self._heap, (due, self._seq, txn))
         return txn
 
     def _begin(self, txn: LeanBinding, now: float) -> None:
-        txn.started = txn.first_sent = now
+        txn.first_sent = now
         txn.sends = 1
         if self.rc > 1:
             txn.next_send = now + txn.interval
@@ -317,7 +373,7 @@ class BindingTable:
     ) -> None:
         if now >= txn.deadline:
             txn.done = True
-            txn.event = TimedOut(txn.sends, now - txn.started)
+            txn.event = TimedOut(txn.sends, now - txn.first_sent)
             self.pending.pop(txn.tid, None)
             finished.append(txn)
             return
@@ -351,32 +407,53 @@ class BindingTable:
         if txn.done:
             return None
         memo = self._memo
+        if (
+            memo is not None
+            and len(data) == memo.size
+            and data[:8] == memo.head
+            and data[20 : memo.end] == memo.body
+            and (not memo.fingerprint or data[-8:-4] == b"\x80\x28\x00\x04")
+        ):
+            # The same bytes as the last success but for the ID (see ``_Memo``): the same
+            # attributes, a Binding success without unknown comprehension-required ones.
+            if memo.fingerprint and int.from_bytes(data[-4:]) != (_crc32(data[:-8]) ^ 0x5354554E):
+                self.garbage += 1
+                return None
+            if len(source) != 2:  # IPv6: (host, port, flowinfo, scope_id), maybe "%zone"
+                source = (source[0].split("%", 1)[0], source[1])
+            if source != txn.destination:
+                self.discarded += 1  # S8: not from where the request went
+                return None
+            if txn.sends == 1:
+                txn.rtt = now - txn.first_sent if now > txn.first_sent else 0.0  # Karn
+            # the same address, already an ``Address`` (mypy narrows it to the tuple)
+            txn.source = txn.destination  # type: ignore[assignment]
+            txn.attributes = memo.attributes
+            txn.response = data
+            txn._memo = memo
+            txn.done = True  # _finish, inline
+            del self.pending[txn.tid]
+            queue = self._queue
+            if queue and queue[0] is txn:
+                queue.popleft()
+            return txn
         try:
-            if (
-                memo is not None
-                and len(data) == memo.size
-                and data[:8] == memo.head
-                and data[20 : memo.end] == memo.body
-            ):
-                msg = memo.replay(data, self.table)
-            else:
-                msg = decode(data, self.table)
-                if msg.cls is SUCCESS and msg.method == BINDING:
-                    self._memo = _Memo.of(msg, data, self.table)
+            msg = decode(data, self.table)
         except ParseError:
             self.garbage += 1
             return None
         if msg.cls < SUCCESS or msg.method != BINDING:
             return None  # a request or indication that reuses our ID, or another method
-        destination = txn.destination
-        if len(source) != 2:  # IPv6: (host, port, flowinfo, scope_id), maybe "%zone"
+        if msg.cls is SUCCESS:
+            self._memo = _Memo.of(msg, data, self.table) or self._memo
+        if len(source) != 2:
             source = (source[0].split("%", 1)[0], source[1])
-        if source != destination:
+        if source != txn.destination:
             self.discarded += 1  # S8: not from where the request went
             return None
         if txn.sends == 1:
             txn.rtt = max(0.0, now - txn.first_sent)  # Karn: only unambiguous samples
-        txn.source = txn.destination  # the same address, already an ``Address``
+        txn.source = txn.destination  # type: ignore[assignment]
         if msg.unknown_required:
             names = ", ".join(attribute_name(t, self.table) for t in msg.unknown_required)
             self._finish(
@@ -388,7 +465,9 @@ class BindingTable:
             )
             return txn
         if msg.cls is SUCCESS:
-            txn.message = msg
+            txn._message = msg
+            txn.attributes = msg.attributes
+            txn.response = data
             self._finish(txn, None)
             return txn
         return self._error(txn, msg, now)
@@ -430,7 +509,10 @@ class BindingTable:
             return txn
         self._finish(txn, None)
         tid = self.new_tid()
-        new = LeanBinding(tid, self._request(tid), txn.destination, txn.rto)
+        data = self._head + tid + self._tail
+        if self.fingerprint:
+            data = encode_fingerprint(data)
+        new = LeanBinding(tid, data, txn.destination, txn.rto)
         new.waiter = txn.waiter
         new.retries = txn.retries + 1
         new.earlier_sends = txn.total_sends
@@ -474,13 +556,8 @@ class _Memo:
                 return None  # a table decoder, or an IPv6 XOR address: may use the ID
         return cls(data, dict(msg.attributes), msg.fingerprint)
 
-    def replay(self, data: bytes, table: AttributeTable) -> Message:
-        """``decode(data)`` for a message whose bytes match this memo (see ``receive``)."""
-        if self.fingerprint:
-            if data[-8:-4] != b"\x80\x28\x00\x04":  # not FINGERPRINT: parse it properly
-                return decode(data, table)
-            if int.from_bytes(data[-4:]) != _crc32(data[:-8]) ^ 0x5354554E:
-                raise ParseError("STUN FINGERPRINT does not match")
+    def message(self, data: bytes) -> Message:
+        """The ``Message`` ``decode(data)`` gives for ``data`` that matched this memo."""
         msg: Message = _new_object(Message)
         msg.method = BINDING
         msg.cls = SUCCESS

@@ -206,6 +206,9 @@ class _Watch:
         self.endpoint: Endpoint | None = None
 
 
+_new_tuple = tuple.__new__
+
+
 def _wake(txn: LeanBinding) -> None:
     """Resolve the waiter of a finished lean transaction with the transaction."""
     fut = txn.waiter
@@ -230,6 +233,8 @@ class Endpoint:
     families: frozenset[int] = frozenset({4, 6})
     #: plain Binding transactions of this socket (asyncio own-socket endpoints only)
     lean: BindingTable | None = None
+    _local: Address | None = None
+    _armed_at = math.inf
 
     def __init__(self, client: StunClient) -> None:
         self.client = client
@@ -248,6 +253,14 @@ class Endpoint:
     def send_now(self, data: bytes, address: Address) -> bool:
         """Send without waiting if the transport allows it; ``False``: use ``send``."""
         return False
+
+    def lean_send(self, txn: LeanBinding) -> bool:
+        """Send a lean transaction's request (endpoints with a ``lean`` table only)."""
+        raise NotImplementedError
+
+    def lean_arm(self, when: float) -> None:
+        """Make sure the lean table's timer fires by ``when`` (as ``lean_send``)."""
+        raise NotImplementedError
 
     async def send(self, data: bytes, address: Address) -> None:
         raise NotImplementedError
@@ -276,6 +289,7 @@ class UdpEndpoint(Endpoint):
 
     @property
     def local(self) -> Address:
+        assert self._local is not None
         return self._local
 
     def start(self, tg: anyio.abc.TaskGroup) -> None:
@@ -294,7 +308,6 @@ class UdpEndpoint(Endpoint):
                     software=settings.software,
                     fingerprint=settings.fingerprint,
                     table=client.table,
-                    transaction_ids=client.new_transaction_id,
                 )
                 return
         tg.start_soon(self._reader)
@@ -332,11 +345,12 @@ class UdpEndpoint(Endpoint):
                     txn = pending.get(data[8:20])
                     if txn is not None:
                         assert lean is not None
-                        client.stats.received += 1
                         out = lean.receive(txn, data, addr, now)
                         if out is not None:
                             if out.done:
-                                _wake(out)
+                                fut = out.waiter  # _wake, inline
+                                if fut is not None and not fut.done():
+                                    fut.set_result(out)
                             else:  # a 5xx retried with a new transaction
                                 self.lean_send(out)
                         # Nothing else outstanding: return rather than pay a recvfrom that
@@ -435,6 +449,8 @@ class UdpEndpoint(Endpoint):
 MUX_LINGER = 10.0
 #: SO_RCVBUF asked for on the client's own sockets (best effort).
 RECEIVE_BUFFER = 4 * 1024 * 1024
+#: The lean path feeds the RTO cache one round-trip sample per server this often at most.
+RTT_SAMPLE_SPACING = 0.01
 
 
 class MuxEndpoint(Endpoint):
@@ -653,6 +669,17 @@ async def happy_eyeballs(
 # --------------------------------------------------------------------- the client
 
 
+def _loop_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
+    """``loop.time``; for stock asyncio, whose ``time()`` is ``time.monotonic()`` behind a
+    Python method, ``time.monotonic`` itself (one frame less per reading)."""
+    import asyncio
+    import time
+
+    if getattr(type(loop), "time", None) is asyncio.BaseEventLoop.time:
+        return time.monotonic
+    return loop.time
+
+
 def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
     """The running asyncio loop when anyio runs on asyncio (uvloop included), else ``None``."""
     import asyncio
@@ -703,7 +730,7 @@ class StunClient:
         self._local_host: str | None = None
         self._local_port = 0
         if self._loop is not None:
-            self._clock: Callable[[], float] = self._loop.time
+            self._clock: Callable[[], float] = _loop_clock(self._loop)
         else:
             self._clock = anyio.current_time
         self._tid_pool = b""
@@ -715,6 +742,12 @@ class StunClient:
         # Unauthenticated Binding requests over UDP take the lean path (binding_table.py)
         # when the endpoint has a BindingTable: without credentials nothing is signed.
         self._lean_ok = settings.credentials is None
+        self._max_outstanding = settings.max_outstanding
+        self._rtt_sampled: dict[str, float] = {}
+        if self._loop is not None:
+            import asyncio
+
+            self._future: type[asyncio.Future[Any]] = asyncio.Future
 
     def new_transaction_id(self) -> bytes:
         """96 random bits from the OS CSPRNG, drawn 256 IDs per system call (one syscall per
@@ -1034,37 +1067,44 @@ class StunClient:
         if timeout is not None:
             rto = min(rto, max(0.05, timeout / 3))  # as exchange_udp: a few sends per window
         txn = table.start(server, now, rto, timeout)
-        txn.waiter = loop.create_future()
-        assert isinstance(endpoint, UdpEndpoint)
+        txn.waiter = self._future(loop=loop)  # loop.create_future() minus a Python frame
         endpoint.lean_send(txn)
-        endpoint.lean_arm(txn.due)
+        if txn.due < endpoint._armed_at:
+            endpoint.lean_arm(txn.due)
         return txn
 
     def _lean_end(
         self, table: BindingTable, txn: LeanBinding, server: Address, timeout: float | None
     ) -> None:
-        """After the wait, also when it was cancelled: release the slot, feed the RTO cache."""
-        self._release_slot(server)
-        table.cancel(txn)  # nothing when it finished
-        if txn.successor is None and txn.done:
-            event = txn.event
-            if txn.rtt is not None and (event is None or _is_answer(event)):
-                self.rto_cache.record(server.host, txn.rtt, self._clock())
-            elif timeout is None and type(event) is TimedOut:
-                self.rto_cache.timed_out(server.host)
+        """After the wait, also when it was cancelled: release the slot, feed the RTO cache
+        (one round-trip sample per server every ``RTT_SAMPLE_SPACING`` seconds at most: a
+        busy client has far more samples than an estimate needs, RFC 6298 asks for one per
+        round trip)."""
+        outstanding = self._outstanding
+        left = outstanding[server] - 1
+        if left:
+            outstanding[server] = left
+        else:
+            del outstanding[server]
+        if self._slot_waiters:
+            self._wake_slot_waiter(server)
+        if not txn.done or txn.successor is not None:
+            table.cancel(txn)  # the caller was cancelled
+            return
+        event = txn.event
+        rtt = txn.rtt
+        if rtt is not None and (event is None or _is_answer(event)):
+            self._sample_rtt(server.host, rtt, txn.first_sent + rtt)
+        elif timeout is None and type(event) is TimedOut:
+            self.rto_cache.timed_out(server.host)
 
-    def _lean_table(
-        self, endpoint: Endpoint | None, server: Address
-    ) -> tuple[Endpoint, BindingTable] | None:
-        """The endpoint and table for a lean Binding to ``server``, when there is one."""
-        if endpoint is None:
-            endpoint = self._defaults.get(server.family)
-            if endpoint is None:
-                return None  # opened on demand by the general path, lean from then on
-        table = endpoint.lean
-        if table is None or server.family not in endpoint.families or endpoint.closed:
-            return None
-        return endpoint, table
+    def _sample_rtt(self, host: str, rtt: float, now: float) -> None:
+        sampled = self._rtt_sampled
+        if now - sampled.get(host, -math.inf) >= RTT_SAMPLE_SPACING:
+            if len(sampled) > 1024:
+                sampled.clear()
+            sampled[host] = now
+            self.rto_cache.record(host, rtt, now)
 
     async def _wait_slot(self, server: Address) -> None:
         waiter = anyio.Event()
@@ -1077,6 +1117,9 @@ class StunClient:
             self._outstanding[server] = left
         else:
             del self._outstanding[server]
+        self._wake_slot_waiter(server)
+
+    def _wake_slot_waiter(self, server: Address) -> None:
         waiters = self._slot_waiters.get(server)
         if waiters:
             waiters.popleft().set()
@@ -1325,43 +1368,90 @@ class StunClient:
             and attributes is None
             and accept_from == "destination"
             and self._lean_ok
-            and (families is None or target.family in families)
-            and (lean := self._lean_table(endpoint, target)) is not None
         ):
             # The lean path (binding_table.py), written out here rather than in a helper
-            # coroutine: one frame less per transaction, in time and in memory.
-            used, table = lean
-            outstanding = self._outstanding
-            count = outstanding.get(target, 0)
-            if count < self.settings.max_outstanding:
-                outstanding[target] = count + 1
-            else:
-                await self._take_slot(target)
-            txn = self._lean_start(used, table, target, timeout)
-            try:
-                txn = await txn.waiter
-            finally:
-                self._lean_end(table, txn, target, timeout)
-            if txn.event is not None:
-                raise StunError(txn.event, server)
-            assert txn.message is not None and txn.source is not None
-            values = txn.message.attributes
-            mapped = values.get(XOR_MAPPED_ADDRESS)
-            if mapped is None:
-                raise StunError(
-                    TransactionFailed("Binding success response without XOR-MAPPED-ADDRESS"),
-                    server,
+            # coroutine: one frame less per transaction, in time and in memory. Without an
+            # endpoint, the default one (opened by the general path on first use).
+            family = 6 if ":" in target.host else 4
+            used = self._defaults.get(family) if endpoint is None else endpoint
+            if (
+                used is not None
+                and (table := used.lean) is not None
+                and family in used.families
+                and not used.closed
+                and (families is None or family in families)
+            ):
+                outstanding = self._outstanding
+                count = outstanding.get(target, 0)
+                if count < self._max_outstanding:
+                    outstanding[target] = count + 1
+                else:
+                    await self._take_slot(target)
+                # _lean_start, inline
+                now = self._clock()
+                rto = self.rto_cache.rto_for(target.host, now)
+                if timeout is not None:
+                    rto = min(rto, max(0.05, timeout / 3))
+                txn = table.start(target, now, rto, timeout)
+                txn.waiter = fut = self._future(loop=self._loop)
+                if type(used) is UdpEndpoint:  # UdpEndpoint.lean_send, inline
+                    try:
+                        used.sock.sendto(txn.data, target)
+                    except OSError:
+                        used.lean_send(txn)  # it says what to do about it
+                    else:
+                        used._unread += 1
+                        if used._unread >= 64 and not used._draining:
+                            used._drain()
+                else:
+                    used.lean_send(txn)
+                if txn.due < used._armed_at:
+                    used.lean_arm(txn.due)
+                try:
+                    txn = await fut
+                except BaseException:
+                    self._lean_end(table, txn, target, timeout)
+                    raise
+                if txn.event is not None:
+                    self._lean_end(table, txn, target, timeout)
+                    raise StunError(txn.event, server)
+                # _lean_end of a success, inline: release the slot, maybe sample the RTT
+                left = outstanding[target] - 1
+                if left:
+                    outstanding[target] = left
+                else:
+                    del outstanding[target]
+                if self._slot_waiters:
+                    self._wake_slot_waiter(target)
+                rtt = txn.rtt
+                if rtt is not None:
+                    arrived = txn.first_sent + rtt
+                    if arrived - self._rtt_sampled.get(target.host, -1e9) >= RTT_SAMPLE_SPACING:
+                        self._sample_rtt(target.host, rtt, arrived)
+                values = txn.attributes
+                assert values is not None
+                mapped = values.get(XOR_MAPPED_ADDRESS)
+                if mapped is None:
+                    raise StunError(
+                        TransactionFailed("Binding success response without XOR-MAPPED-ADDRESS"),
+                        server,
+                    )
+                return _new_tuple(
+                    BindingResult,
+                    (
+                        mapped,
+                        target,
+                        txn.source,
+                        used._local,
+                        values.get(RESPONSE_ORIGIN),
+                        values.get(OTHER_ADDRESS),
+                        values.get(SOFTWARE),
+                        txn.rtt,
+                        False,
+                        "udp",
+                        None,
+                    ),
                 )
-            return BindingResult(
-                mapped,
-                target,
-                txn.source,
-                used.local_for(target.family),
-                values.get(RESPONSE_ORIGIN),
-                values.get(OTHER_ADDRESS),
-                values.get(SOFTWARE),
-                txn.rtt,
-            )
         exchange = await self.request(
             server,
             BINDING,
