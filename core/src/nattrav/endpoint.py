@@ -27,6 +27,7 @@ from nattrav.method import DatagramChannel
 from nattrav.models import (
     Goal,
     LeaseEvent,
+    LeaseEventKind,
     Transport,
     TransportAddress,
     TraversalRequest,
@@ -39,15 +40,33 @@ __all__ = ["Endpoint", "open_endpoint"]
 
 @attrs.define(eq=False)
 class Endpoint:
-    """A held public endpoint. ``result`` explains how it was obtained."""
+    """A held public endpoint. ``result`` explains how it was obtained.
+
+    ``address`` is where peers send to *now*: it starts as the chain's result and follows the
+    held method's ``changed`` events (a gateway that re-created the mapping on another port,
+    a TURN server that lost the allocation and relayed it from a new address).
+    """
 
     result: TraversalResult
     channel: DatagramChannel | None
     mux: Any = None
+    current: TransportAddress | None = None
 
     @property
     def address(self) -> TransportAddress:
-        return self.result.endpoint
+        return self.current or self.result.endpoint
+
+    def follow(self, event: LeaseEvent) -> None:
+        """Track the public endpoint through the held method's ``changed`` events (another
+        family's endpoint, such as a UPnP IPv6 pinhole next to an IPv4 mapping, is not it)."""
+        if (
+            event.kind is LeaseEventKind.CHANGED
+            and event.method == self.result.method
+            and event.endpoint is not None
+            and event.endpoint.family == self.address.family
+            and event.endpoint.transport is self.address.transport
+        ):
+            self.current = event.endpoint
 
     @property
     def method(self) -> str:
@@ -93,6 +112,15 @@ async def open_endpoint(
     transport = Transport(protocol) if isinstance(protocol, str) else protocol
     goal_value = Goal(goal) if isinstance(goal, str) else (goal or rt.config.chain.goal)
     request = TraversalRequest(port=port, transport=transport, goal=goal_value, lifetime=lifetime)
-    async with rt.traverse(request, on_event=on_event) as (held, mux):
+    endpoint: Endpoint | None = None
+
+    def forward(event: LeaseEvent) -> None:
+        if endpoint is not None:
+            endpoint.follow(event)
+        if on_event is not None:
+            on_event(event)
+
+    async with rt.traverse(request, on_event=forward) as (held, mux):
         assert isinstance(held, Held)
-        yield Endpoint(held.result, held.channel, mux)
+        endpoint = Endpoint(held.result, held.channel, mux)
+        yield endpoint

@@ -396,17 +396,12 @@ class GatewayClient:
                     await anyio.wait_readable(self._sock)
                     readable = True
                 if not readable:
-                    machine.handle_timer(anyio.current_time())
+                    # An answer that arrived in time is not lost because this task was late
+                    # to look (a busy event loop): read what is queued before giving up.
+                    if not self._receive_queued(machine, source):
+                        machine.handle_timer(anyio.current_time())
                     continue
-                while True:
-                    try:
-                        data = self._sock.recv(2048)
-                    except (BlockingIOError, InterruptedError):
-                        break
-                    except OSError:
-                        machine.connection_refused(anyio.current_time())
-                        break
-                    machine.receive_datagram(data, source, anyio.current_time())
+                self._receive_queued(machine, source)
         finally:
             for reason, count in machine.discards.items():
                 self.discards[reason] = self.discards.get(reason, 0) + count
@@ -414,6 +409,20 @@ class GatewayClient:
                     self._telemetry.counter(
                         "nattrav.natpmp.discarded", description="datagrams discarded by reason"
                     ).add(count, {"reason": reason.split(":", 1)[0]})
+
+    def _receive_queued(self, machine: Any, source: tuple[str, int]) -> bool:
+        """Feed every datagram already queued on the socket to ``machine``; whether any was."""
+        fed = False
+        while True:
+            try:
+                data = self._sock.recv(2048)
+            except (BlockingIOError, InterruptedError):
+                return fed
+            except OSError:
+                machine.connection_refused(anyio.current_time())
+                return True
+            machine.receive_datagram(data, source, anyio.current_time())
+            fed = True
 
     def _observe(self, protocol: ProtocolName, event: Any, now: float) -> EpochObservation | None:
         response = getattr(event, "response", None)
@@ -612,6 +621,17 @@ class GatewayClient:
             if journal is not None and entry is not None:
                 journal.remove(entry)
             raise
+        except BaseException:
+            # Cancelled (a racing method won) or failed with the request out: the gateway may
+            # have made the mapping. Delete it now, shielded and bounded, and drop the entry
+            # once that is settled; otherwise it stays for the next start's cleanup.
+            if (
+                journal is not None
+                and entry is not None
+                and await self._settle_abandoned(transport, internal_port, nonce, protocols)
+            ):
+                journal.remove(entry)
+            raise
         mapping.journal_entry = entry
         if journal is not None and entry is not None:
             mapping.journal_entry = journal.update(
@@ -628,6 +648,56 @@ class GatewayClient:
                 " s): such a mapping cannot be kept alive; deleted it",
             )
         return mapping
+
+    async def _settle_abandoned(
+        self,
+        transport: Transport,
+        internal_port: int,
+        nonce: bytes,
+        protocols: tuple[ProtocolName, ...],
+    ) -> bool:
+        """Delete what an abandoned creation may have made; ``True`` when settled: the gateway
+        confirmed the deletion, or (nothing heard from it yet) nothing listens there at all.
+
+        Bounded by ``release_timeout``, or by ``probe_window`` while no server has answered
+        (a silent gateway must not hold up the chain that cancelled us)."""
+        heard = self.protocol is not None
+        bound = self.settings.release_timeout
+        if not heard:
+            bound = min(bound, self.settings.probe_window)
+        order = (self.protocol,) if self.protocol in protocols else protocols
+        with anyio.move_on_after(bound, shield=True):
+            for protocol in order:
+                if protocol is None or (protocol == "natpmp" and self.gateway.family == 6):
+                    continue
+                try:
+                    event = await self._delete_event(
+                        transport, internal_port, protocol=protocol, nonce=nonce
+                    )
+                except (NatTravError, OSError):
+                    continue
+                if isinstance(event, Answered) or (
+                    not heard and isinstance(event, Unreachable)
+                ):
+                    return True
+        return False
+
+    def _withdraw(self, transport: Transport, internal_port: int, nonce: bytes) -> None:
+        """Send one PCP deletion for the MAP a silent negotiation sent, without waiting.
+
+        Silence within ``probe_window`` is taken for "no server", but a busy gateway (a
+        hundred mapping requests queued in one miniupnpd) may still make the mapping after
+        that; it handles requests in order, so this deletion, queued behind the MAP, removes
+        it then. Where nobody listens it is one lost datagram."""
+        request = pcp_codec.MapRequest(
+            nonce=nonce,
+            protocol=pcp_codec.protocol_number(transport),
+            internal_port=internal_port,
+            client_address=self.client_address,
+            lifetime=0,
+        )
+        with suppress(OSError):
+            self._sock.send(request.encode())
 
     def _journal_grant(self, mapping: PortMapping) -> None:
         journal, entry = self._journal, mapping.journal_entry
@@ -680,6 +750,8 @@ class GatewayClient:
             outcome = await self._run(negotiation, "negotiation")
             now = anyio.current_time()
             if isinstance(outcome, NoServer):
+                if not outcome.refused and "pcp" in protocols:
+                    self._withdraw(transport, internal_port, nonce)
                 names = " or ".join("PCP" if p == "pcp" else "NAT-PMP" for p in protocols)
                 why = (
                     "nothing listens there (ICMP port unreachable)"
@@ -869,6 +941,24 @@ class GatewayClient:
     ) -> bool:
         """Send a deletion (``internal_port`` 0: NAT-PMP "delete all of this host"). PCP needs
         the mapping's nonce: a PCP server refuses deletions with another one."""
+        event = await self._delete_event(transport, internal_port, protocol=protocol, nonce=nonce)
+        if isinstance(event, Answered):
+            return True
+        if isinstance(event, Refused):
+            raise event.error
+        log.info("deletion of %s port %d not confirmed: %r", protocol, internal_port, event)
+        return False
+
+    async def _delete_event(
+        self,
+        transport: Transport,
+        internal_port: int,
+        *,
+        protocol: ProtocolName,
+        nonce: bytes | None = None,
+    ) -> Any:
+        """Run one deletion transaction; its outcome event (``Answered``, ``Refused``,
+        ``Unreachable``, ``TimedOut``)."""
         if protocol == "pcp":
             if nonce is None:
                 raise MethodError(METHOD, "a PCP deletion needs the mapping's nonce")
@@ -895,12 +985,7 @@ class GatewayClient:
             )
         event = await self._run(txn, f"{protocol} delete")
         self._observe(protocol, event, anyio.current_time())
-        if isinstance(event, Answered):
-            return True
-        if isinstance(event, Refused):
-            raise event.error
-        log.info("deletion of %s port %d not confirmed: %r", protocol, internal_port, event)
-        return False
+        return event
 
     # ------------------------------------------------------------------ background tasks
 

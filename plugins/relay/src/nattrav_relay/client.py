@@ -200,6 +200,12 @@ class ClientSettings:
     timers: Timers = attrs.field(factory=Timers)
     lifetime: int = attrs.field(default=600, validator=attrs.validators.ge(0))
     refresh_margin: float = attrs.field(default=60.0, validator=_positive)
+    #: refresh at least this often (``None``: only as the lifetime needs). Each answered
+    #: Refresh proves the server still holds the allocation; a restarted server answers 437
+    #: and the allocation is made again, so this bounds how long a restart goes unnoticed.
+    refresh_interval: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_positive)
+    )
     permission_refresh: float = attrs.field(default=240.0, validator=_positive)
     channel_refresh: float = attrs.field(default=540.0, validator=_positive)
     idle_timeout: float = attrs.field(default=1800.0, validator=_positive)
@@ -653,7 +659,10 @@ class TurnClient:
         self.lifetime = lifetime
         self.expires_at = now + lifetime
         margin = self.settings.refresh_margin
-        self.refresh_at = now + max(lifetime - margin, lifetime / 2)
+        wait = max(lifetime - margin, lifetime / 2)
+        if self.settings.refresh_interval is not None:
+            wait = min(wait, self.settings.refresh_interval)
+        self.refresh_at = now + wait
 
     def _forget_bindings(self) -> None:
         # The server's permissions and channels went with the allocation: stop framing data

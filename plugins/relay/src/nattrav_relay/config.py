@@ -92,6 +92,9 @@ class RelayConfig:
     ti: float = 39.5
     keepalive: float = 15.0
     refresh_margin: float = 60.0
+    #: refresh at least this often (s; 0: only as the lifetime needs): bounds how long a TURN
+    #: server restart (allocation lost) goes unnoticed, at one Refresh transaction each time
+    refresh_interval: float = 0.0
     release_timeout: float = 2.0
     software: str | None = "nattrav"
     algorithms: tuple[Literal["sha256", "md5"], ...] = ("sha256", "md5")
@@ -109,6 +112,7 @@ class RelayConfig:
             timers=Timers(rto=self.rto, rc=self.rc, rm=self.rm, ti=self.ti),
             lifetime=self.lifetime if lifetime is None else lifetime,
             refresh_margin=self.refresh_margin,
+            refresh_interval=self.refresh_interval or None,
             families=families,
             use_channels=self.channels,
             keepalive=self.keepalive or None,
@@ -201,6 +205,8 @@ def _check(cfg: RelayConfig) -> list[str]:
             problems.append(f"{where} {key} must be > 0, got {getattr(cfg, key)}")
     if cfg.keepalive < 0:
         problems.append(f"{where} keepalive must be >= 0 (0: off)")
+    if cfg.refresh_interval < 0:
+        problems.append(f"{where} refresh_interval must be >= 0 (0: as the lifetime needs)")
     for key in ("rc", "rm"):
         if getattr(cfg, key) < 1:
             problems.append(f"{where} {key} must be >= 1, got {getattr(cfg, key)}")
