@@ -19,9 +19,12 @@ server to make a packet arrive from an address the application never talked to:
   picks it up (``proven``); silence after a working RESPONSE-PORT check is ``refused``: the
   gateway says it maps, but nothing arrives (tailscale#21208).
 
-Each check waits ``probe_window``; the chain bounds the whole verification. Returns ``None``
-whenever the server or the setting cannot decide (no server, no RFC 5780, another public IP,
-a TCP candidate, no shared port).
+Each check waits ``probe_window``, or twice the round trip its control check took when
+that is longer (a 200 ms link must not pass for silence). Silence refutes only when it
+happens twice: on a lossy link one lost answer (or request) is likely, and a refuted mapping
+is deleted and, refuted again, abandoned. The chain bounds the whole verification. Returns
+``None`` whenever the server or the setting cannot decide (no server, no RFC 5780, another
+public IP, a TCP candidate, no shared port).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from typing import Any
 
+import anyio
 from nattrav.method import AttemptContext
 from nattrav.models import Candidate, CandidateKind, Reachability, Transport
 
@@ -42,6 +46,8 @@ from nattrav_stun.uri import ServerAddress
 __all__ = ["StunVerifier", "VERIFIER"]
 
 VERIFIER = "stun-inbound"
+#: how many silent probes in a row refute a candidate (a lossy link loses single answers)
+SILENT_PROBES = 2
 
 
 def _distinct_other(result: BindingResult) -> Address | None:
@@ -101,9 +107,10 @@ class StunVerifier:
         app: Endpoint,
         mux: Any,
     ) -> Reachability | None:
-        window = self.config.probe_window
         family = candidate.address.family
+        started = anyio.current_time()
         first = await client.binding(server, endpoint=app, families=frozenset({family}))
+        window = max(self.config.probe_window, 2 * (anyio.current_time() - started))
         target = Address(candidate.address.host, candidate.address.port)
         if first.mapped != target:
             return None  # this server sees another address: it cannot speak for the candidate
@@ -113,16 +120,19 @@ class StunVerifier:
             # no alternate address, the port let it in already, or a gateway forwards the
             # port for another method: cannot tell
             return None
-        try:
-            answer = await client.binding(
-                first.server,
-                endpoint=app,
-                attributes={CHANGE_REQUEST: CHANGE_IP | CHANGE_PORT},
-                timeout=window,
-                accept_from=None,
-            )
-        except StunError:
-            answer = None
+        answer = None
+        for _ in range(SILENT_PROBES):
+            try:
+                answer = await client.binding(
+                    first.server,
+                    endpoint=app,
+                    attributes={CHANGE_REQUEST: CHANGE_IP | CHANGE_PORT},
+                    timeout=window,
+                    accept_from=None,
+                )
+            except StunError:
+                continue
+            break
         if answer is not None:
             if (
                 answer.source != other
@@ -142,8 +152,9 @@ class StunVerifier:
         except StunError:
             return None
         return Reachability.refused(
-            f"STUN CHANGE-REQUEST: nothing from {other} reached {target} within {window:.1f} s "
-            "although that address answers: inbound traffic is filtered"
+            f"STUN CHANGE-REQUEST: nothing from {other} reached {target} in {SILENT_PROBES} "
+            f"tries of {window:.1f} s although that address answers: inbound traffic is "
+            "filtered"
         )
 
     async def _port_mapped(
@@ -157,7 +168,9 @@ class StunVerifier:
         window = self.config.probe_window
         external = Address(candidate.address.host, candidate.address.port)
         probe = await client.add_socket(family)
+        started = anyio.current_time()
         first = await client.binding(server, endpoint=probe, families=frozenset({family}))
+        window = max(window, 2 * (anyio.current_time() - started))
         if first.mapped.host != external.host:
             return None  # another public address: this path cannot reach the mapping
         # Does the server honour RESPONSE-PORT? Aim at our own, known-good mapping first.
@@ -174,19 +187,24 @@ class StunVerifier:
         attributes: dict[int, int] = {RESPONSE_PORT: external.port}
         if other is not None:
             attributes[CHANGE_REQUEST] = CHANGE_IP | CHANGE_PORT
-        try:
-            answer = await client.binding(
-                first.server,
-                endpoint=probe,
-                attributes=attributes,
-                timeout=window,
-                accept_from=None,
-            )
-        except StunError:
+        answer = None
+        for _ in range(SILENT_PROBES):
+            try:
+                answer = await client.binding(
+                    first.server,
+                    endpoint=probe,
+                    attributes=attributes,
+                    timeout=window,
+                    accept_from=None,
+                )
+            except StunError:
+                continue
+            break
+        if answer is None:
             return Reachability.refused(
                 f"a STUN answer sent to the mapped address {external} (RESPONSE-PORT) did not "
-                f"reach the application's port within {window:.1f} s: the mapping does not "
-                "forward"
+                f"reach the application's port in {SILENT_PROBES} tries of {window:.1f} s: "
+                "the mapping does not forward"
             )
         if answer.received_on is None:
             return None  # it came back to the probe socket itself: proves nothing here
