@@ -69,13 +69,15 @@ from nattrav_stun.events import (
     TimedOut,
     TransactionFailed,
 )
-from nattrav_stun.transaction import Timers
+from nattrav_stun.transaction import RtoCache, Timers
 
 __all__ = ["BindingTable", "LeanBinding"]
 
 _INF = math.inf
 _crc32 = zlib.crc32
 _NO_SIGNING = Signing()
+#: The RTO cache gets one round-trip sample per table this often at most.
+RTT_SAMPLE_SPACING = 0.01
 #: How many times a 5xx answer is retried with a new transaction (RFC 8489 §6.3.4: at most 4,
 #: as ``StunRequest``).
 MAX_SERVER_ERROR_RETRIES = 4
@@ -86,16 +88,15 @@ class LeanBinding:
 
     The driver sends ``data`` to ``destination`` when the table says so and reads the outcome
     once ``done``: for a success ``event`` stays ``None`` and ``attributes`` (the response's
-    decoded attributes: read them, do not change them) and ``source`` are set, so a success
-    costs no event or message object unless ``outcome()`` or ``response_message()`` asks for
-    one; ``event`` is the outcome otherwise. ``waiter`` is the driver's, untouched here. A 5xx
-    retry replaces the transaction with a new one (new ID) that inherits the waiter;
-    ``receive`` returns it.
+    decoded attributes: read them, do not change them) is set, so a success costs no event or
+    message object unless ``outcome()`` or ``response_message()`` asks for one; ``event`` is
+    the outcome otherwise. Answers come only from ``destination`` (``source`` says so).
+    ``waiter`` is the driver's, untouched here. A 5xx retry replaces the transaction with a
+    new one (new ID) that inherits the waiter; ``receive`` returns it.
     """
 
     __slots__ = (
-        "_memo",
-        "_message",
+        "answer",
         "attributes",
         "data",
         "deadline",
@@ -113,7 +114,6 @@ class LeanBinding:
         "rto",
         "rtt",
         "sends",
-        "source",
         "successor",
         "tid",
         "waiter",
@@ -138,9 +138,8 @@ class LeanBinding:
         self.event: Event | None = None
         self.attributes: dict[int, Any] | None = None
         self.response: bytes | None = None
-        self._message: Message | None = None
-        self._memo: _Memo | None = None
-        self.source: Address | None = None
+        #: the decoded response, or the memo that decodes it on demand
+        self.answer: Message | _Memo | None = None
         self.rtt: float | None = None
         self.waiter: Any = None
         #: the transaction that replaced this one after a 5xx (``cancel`` follows the chain)
@@ -151,20 +150,27 @@ class LeanBinding:
         """Requests sent for this Binding, over every transaction (5xx retries included)."""
         return self.earlier_sends + self.sends
 
+    @property
+    def source(self) -> Address:
+        """Where the response came from: ``receive`` accepts answers from the destination
+        only."""
+        return self.destination
+
     def response_message(self) -> Message:
         """The success response as a ``Message`` (built on demand after a memo hit)."""
-        msg = self._message
-        if msg is None:
-            if self._memo is None or self.response is None:
-                raise LocalProtocolError("the Binding transaction has no success response")
-            msg = self._message = self._memo.message(self.response)
-        return msg
+        answer = self.answer
+        if type(answer) is _Memo:
+            assert self.response is not None
+            answer = self.answer = answer.message(self.response)
+        if not isinstance(answer, Message):
+            raise LocalProtocolError("the Binding transaction has no success response")
+        return answer
 
     def outcome(self) -> Event:
         """The event ``StunRequest`` would have produced (builds the ``SuccessResponse``)."""
         if self.event is not None:
             return self.event
-        if self.source is None:
+        if not self.done:
             raise LocalProtocolError("the Binding transaction has not finished")
         return SuccessResponse(self.response_message(), self.source, False, self.rtt, self.sends)
 
@@ -190,6 +196,7 @@ class BindingTable:
         fingerprint: bool = False,
         table: AttributeTable = STUN_ATTRIBUTES,
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+        rto_cache: RtoCache | None = None,
     ) -> None:
         timers = timers or Timers()
         self.rc = timers.rc
@@ -197,6 +204,9 @@ class BindingTable:
         self.table = table
         self.fingerprint = fingerprint
         self.random_bytes = random_bytes
+        #: fed with round-trip samples of answered transactions (Karn's rule applies)
+        self.rto_cache = rto_cache
+        self._next_sample = -math.inf
         self._ids: list[bytes] = []
         self.pending: dict[bytes, LeanBinding] = {}
         self._queue: deque[LeanBinding] = deque()
@@ -255,16 +265,16 @@ class BindingTable:
         txn.earlier_sends = txn.retries = 0
         txn.first_sent = now
         txn.done = False
-        txn.event = txn.attributes = txn.response = txn._message = txn._memo = None
-        txn.source = txn.rtt = txn.waiter = txn.successor = None
+        txn.event = txn.attributes = txn.response = txn.answer = None
+        txn.rtt = txn.waiter = txn.successor = None
         if self.rc > 1:
-            txn.next_send = now + rto
+            txn.next_send = due = now + rto
             txn.interval = rto + rto
             txn.deadline = _INF
         else:
             txn.next_send = _INF
             txn.interval = rto
-            txn.deadline = now + self.rm * rto
+            txn.deadline = due = now + self.rm * rto
         if timeout is None:
             txn.limit = None
         else:
@@ -273,7 +283,8 @@ class BindingTable:
                 txn.deadline = limit
             if txn.next_send >= txn.deadline:
                 txn.next_send = _INF
-        txn.due = due = txn.next_send if txn.next_send < txn.deadline else txn.deadline
+            due = txn.next_send if txn.next_send < txn.deadline else txn.deadline
+        txn.due = due
         self.pending[tid] = txn
         queue = self._queue
         if not queue or due >= queue[-1].due:
@@ -409,9 +420,8 @@ class BindingTable:
         memo = self._memo
         if (
             memo is not None
-            and len(data) == memo.size
-            and data[:8] == memo.head
             and data[20 : memo.end] == memo.body
+            and data[:8] == memo.head
             and (not memo.fingerprint or data[-8:-4] == b"\x80\x28\x00\x04")
         ):
             # The same bytes as the last success but for the ID (see ``_Memo``): the same
@@ -424,13 +434,13 @@ class BindingTable:
             if source != txn.destination:
                 self.discarded += 1  # S8: not from where the request went
                 return None
-            if txn.sends == 1:
-                txn.rtt = now - txn.first_sent if now > txn.first_sent else 0.0  # Karn
-            # the same address, already an ``Address`` (mypy narrows it to the tuple)
-            txn.source = txn.destination  # type: ignore[assignment]
+            if txn.sends == 1:  # Karn: only unambiguous samples
+                txn.rtt = rtt = now - txn.first_sent if now > txn.first_sent else 0.0
+                if now >= self._next_sample and self.rto_cache is not None:
+                    self._sample(txn.destination[0], rtt, now)
             txn.attributes = memo.attributes
             txn.response = data
-            txn._memo = memo
+            txn.answer = memo
             txn.done = True  # _finish, inline
             del self.pending[txn.tid]
             queue = self._queue
@@ -452,8 +462,9 @@ class BindingTable:
             self.discarded += 1  # S8: not from where the request went
             return None
         if txn.sends == 1:
-            txn.rtt = max(0.0, now - txn.first_sent)  # Karn: only unambiguous samples
-        txn.source = txn.destination  # type: ignore[assignment]
+            txn.rtt = rtt = max(0.0, now - txn.first_sent)  # Karn: only unambiguous samples
+            if now >= self._next_sample and self.rto_cache is not None:
+                self._sample(txn.destination[0], rtt, now)  # any answer times the path
         if msg.unknown_required:
             names = ", ".join(attribute_name(t, self.table) for t in msg.unknown_required)
             self._finish(
@@ -465,15 +476,22 @@ class BindingTable:
             )
             return txn
         if msg.cls is SUCCESS:
-            txn._message = msg
+            txn.answer = msg
             txn.attributes = msg.attributes
             txn.response = data
             self._finish(txn, None)
             return txn
         return self._error(txn, msg, now)
 
+    def _sample(self, host: str, rtt: float, now: float) -> None:
+        """Feed the RTO cache a round-trip sample, at most one per ``RTT_SAMPLE_SPACING``
+        (a busy client has far more samples than an estimate needs; RFC 6298 asks for one
+        per round trip)."""
+        assert self.rto_cache is not None
+        self._next_sample = now + RTT_SAMPLE_SPACING
+        self.rto_cache.record(host, rtt, now)
+
     def _error(self, txn: LeanBinding, msg: Message, now: float) -> LeanBinding | None:
-        assert txn.source is not None
         error = msg.get(ERROR_CODE)
         if error is None:
             self._finish(txn, TransactionFailed("error response without ERROR-CODE (§6.3.4)"))
@@ -498,7 +516,7 @@ class BindingTable:
                 ),
             )
             return txn
-        self._finish(txn, ErrorResponse(code, error.reason, txn.source, msg, False))
+        self._finish(txn, ErrorResponse(code, error.reason, txn.destination, msg, False))
         return txn
 
     def _retry(self, txn: LeanBinding, now: float) -> LeanBinding:
@@ -535,12 +553,12 @@ class _Memo:
     IPv6 XOR address, no attribute a table decoder might read the ID for, no integrity).
     """
 
-    __slots__ = ("attributes", "body", "end", "fingerprint", "head", "size")
+    __slots__ = ("attributes", "body", "end", "fingerprint", "head")
 
     def __init__(self, data: bytes, attributes: dict[int, Any], fingerprint: bool) -> None:
-        self.size = len(data)
         self.head = data[:8]
-        self.end = self.size - 8 if fingerprint else self.size
+        # data[20:end] is what must match: all but FINGERPRINT (equal bodies, equal lengths)
+        self.end = -8 if fingerprint else None
         self.body = data[20 : self.end]
         self.attributes = attributes
         self.fingerprint = fingerprint

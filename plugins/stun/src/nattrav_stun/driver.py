@@ -285,7 +285,6 @@ class UdpEndpoint(Endpoint):
         self._armed: asyncio.TimerHandle | None = None
         self._armed_at = math.inf
         self._unread = 0
-        self._draining = False
 
     @property
     def local(self) -> Address:
@@ -308,6 +307,7 @@ class UdpEndpoint(Endpoint):
                     software=settings.software,
                     fingerprint=settings.fingerprint,
                     table=client.table,
+                    rto_cache=client.rto_cache,
                 )
                 return
         tg.start_soon(self._reader)
@@ -321,47 +321,42 @@ class UdpEndpoint(Endpoint):
             self._drain()
 
     def _drain(self) -> None:
+        # Called for every readiness of the socket (and every 64 requests of a burst): the
+        # setup is kept short, since with one request in flight it runs once per answer.
         client = self.client
         recv = self.sock.recvfrom
-        size = client.settings.recv_size
-        dispatch = client._dispatch
         lean = self.lean
         pending = lean.pending if lean is not None else None
         now = client._clock()
         self._unread = 0
-        self._draining = True
-        try:
-            for _ in range(256):  # bounded so a flood cannot starve the event loop
-                try:
-                    data, addr = recv(size)
-                except (BlockingIOError, InterruptedError):
+        for _ in range(256):  # bounded so a flood cannot starve the event loop
+            try:
+                data, addr = recv(client._recv_size)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                # ICMP errors (ECONNREFUSED...) surface here on some platforms: not fatal.
+                if self.closed:
                     return
-                except OSError:
-                    # ICMP errors (ECONNREFUSED...) surface here on some platforms: not fatal.
-                    if self.closed:
+                continue
+            if pending:
+                txn = pending.get(data[8:20])
+                if txn is not None:
+                    out = lean.receive(txn, data, addr, now)  # type: ignore[union-attr]
+                    if out is not None:
+                        if out.done:
+                            fut = out.waiter  # _wake, inline
+                            if fut is not None and not fut.done():
+                                fut.set_result(out)
+                        else:  # a 5xx retried with a new transaction
+                            self.lean_send(out)
+                    # Nothing else outstanding: return rather than pay a recvfrom that would
+                    # only say EAGAIN (readiness is level-triggered: a datagram still queued
+                    # calls us again).
+                    if not pending and not client._pending and not client._watches:
                         return
                     continue
-                if pending:
-                    txn = pending.get(data[8:20])
-                    if txn is not None:
-                        assert lean is not None
-                        out = lean.receive(txn, data, addr, now)
-                        if out is not None:
-                            if out.done:
-                                fut = out.waiter  # _wake, inline
-                                if fut is not None and not fut.done():
-                                    fut.set_result(out)
-                            else:  # a 5xx retried with a new transaction
-                                self.lean_send(out)
-                        # Nothing else outstanding: return rather than pay a recvfrom that
-                        # would only say EAGAIN (readiness is level-triggered: a datagram
-                        # still queued calls us again).
-                        if not pending and not client._pending and not client._watches:
-                            return
-                        continue
-                dispatch(data, addr, self)
-        finally:
-            self._draining = False
+            client._dispatch(data, addr, self)
 
     # ---------------------------------------------------------------- the lean path
 
@@ -380,7 +375,7 @@ class UdpEndpoint(Endpoint):
             _wake(txn)
             return True
         self._unread += 1
-        if self._unread >= 64 and not self._draining:
+        if self._unread >= 64:
             self._drain()
         return True
 
@@ -449,8 +444,6 @@ class UdpEndpoint(Endpoint):
 MUX_LINGER = 10.0
 #: SO_RCVBUF asked for on the client's own sockets (best effort).
 RECEIVE_BUFFER = 4 * 1024 * 1024
-#: The lean path feeds the RTO cache one round-trip sample per server this often at most.
-RTT_SAMPLE_SPACING = 0.01
 
 
 class MuxEndpoint(Endpoint):
@@ -743,11 +736,15 @@ class StunClient:
         # when the endpoint has a BindingTable: without credentials nothing is signed.
         self._lean_ok = settings.credentials is None
         self._max_outstanding = settings.max_outstanding
-        self._rtt_sampled: dict[str, float] = {}
+        self._recv_size = settings.recv_size
         if self._loop is not None:
             import asyncio
+            import functools
 
-            self._future: type[asyncio.Future[Any]] = asyncio.Future
+            # loop.create_future() minus a Python frame on stock asyncio
+            self._new_future: Callable[[], asyncio.Future[Any]] = functools.partial(
+                asyncio.Future, loop=self._loop
+            )
 
     def new_transaction_id(self) -> bytes:
         """96 random bits from the OS CSPRNG, drawn 256 IDs per system call (one syscall per
@@ -1067,7 +1064,7 @@ class StunClient:
         if timeout is not None:
             rto = min(rto, max(0.05, timeout / 3))  # as exchange_udp: a few sends per window
         txn = table.start(server, now, rto, timeout)
-        txn.waiter = self._future(loop=loop)  # loop.create_future() minus a Python frame
+        txn.waiter = self._new_future()
         endpoint.lean_send(txn)
         if txn.due < endpoint._armed_at:
             endpoint.lean_arm(txn.due)
@@ -1076,10 +1073,8 @@ class StunClient:
     def _lean_end(
         self, table: BindingTable, txn: LeanBinding, server: Address, timeout: float | None
     ) -> None:
-        """After the wait, also when it was cancelled: release the slot, feed the RTO cache
-        (one round-trip sample per server every ``RTT_SAMPLE_SPACING`` seconds at most: a
-        busy client has far more samples than an estimate needs, RFC 6298 asks for one per
-        round trip)."""
+        """After the wait, also when it was cancelled: release the slot, tell the RTO cache
+        about a timeout."""
         outstanding = self._outstanding
         left = outstanding[server] - 1
         if left:
@@ -1091,20 +1086,8 @@ class StunClient:
         if not txn.done or txn.successor is not None:
             table.cancel(txn)  # the caller was cancelled
             return
-        event = txn.event
-        rtt = txn.rtt
-        if rtt is not None and (event is None or _is_answer(event)):
-            self._sample_rtt(server.host, rtt, txn.first_sent + rtt)
-        elif timeout is None and type(event) is TimedOut:
-            self.rto_cache.timed_out(server.host)
-
-    def _sample_rtt(self, host: str, rtt: float, now: float) -> None:
-        sampled = self._rtt_sampled
-        if now - sampled.get(host, -math.inf) >= RTT_SAMPLE_SPACING:
-            if len(sampled) > 1024:
-                sampled.clear()
-            sampled[host] = now
-            self.rto_cache.record(host, rtt, now)
+        if timeout is None and type(txn.event) is TimedOut:
+            self.rto_cache.timed_out(server.host)  # (answers fed it in the table)
 
     async def _wait_slot(self, server: Address) -> None:
         waiter = anyio.Event()
@@ -1362,13 +1345,14 @@ class StunClient:
         families: frozenset[int] | None = None,
     ) -> BindingResult:
         """A Binding transaction; raises ``StunError`` unless it yields a mapped address."""
-        target = server if type(server) is Address else _as_server(server)
-        if (
-            type(target) is Address
-            and attributes is None
-            and accept_from == "destination"
-            and self._lean_ok
-        ):
+        if type(server) is Address:
+            target: ServerAddress | Address = server
+            plain = True
+        else:
+            target = _as_server(server)
+            plain = type(target) is Address
+        if plain and attributes is None and accept_from == "destination" and self._lean_ok:
+            assert type(target) is Address
             # The lean path (binding_table.py), written out here rather than in a helper
             # coroutine: one frame less per transaction, in time and in memory. Without an
             # endpoint, the default one (opened by the general path on first use).
@@ -1393,7 +1377,7 @@ class StunClient:
                 if timeout is not None:
                     rto = min(rto, max(0.05, timeout / 3))
                 txn = table.start(target, now, rto, timeout)
-                txn.waiter = fut = self._future(loop=self._loop)
+                txn.waiter = fut = self._new_future()
                 if type(used) is UdpEndpoint:  # UdpEndpoint.lean_send, inline
                     try:
                         used.sock.sendto(txn.data, target)
@@ -1401,7 +1385,7 @@ class StunClient:
                         used.lean_send(txn)  # it says what to do about it
                     else:
                         used._unread += 1
-                        if used._unread >= 64 and not used._draining:
+                        if used._unread >= 64:
                             used._drain()
                 else:
                     used.lean_send(txn)
@@ -1415,7 +1399,8 @@ class StunClient:
                 if txn.event is not None:
                     self._lean_end(table, txn, target, timeout)
                     raise StunError(txn.event, server)
-                # _lean_end of a success, inline: release the slot, maybe sample the RTT
+                # _lean_end of a success, inline: release the slot (the table fed the RTO
+                # cache)
                 left = outstanding[target] - 1
                 if left:
                     outstanding[target] = left
@@ -1423,11 +1408,6 @@ class StunClient:
                     del outstanding[target]
                 if self._slot_waiters:
                     self._wake_slot_waiter(target)
-                rtt = txn.rtt
-                if rtt is not None:
-                    arrived = txn.first_sent + rtt
-                    if arrived - self._rtt_sampled.get(target.host, -1e9) >= RTT_SAMPLE_SPACING:
-                        self._sample_rtt(target.host, rtt, arrived)
                 values = txn.attributes
                 assert values is not None
                 mapped = values.get(XOR_MAPPED_ADDRESS)
@@ -1441,7 +1421,7 @@ class StunClient:
                     (
                         mapped,
                         target,
-                        txn.source,
+                        target,  # the source: answers come from the destination only
                         used._local,
                         values.get(RESPONSE_ORIGIN),
                         values.get(OTHER_ADDRESS),
