@@ -123,7 +123,7 @@ async def release_leftovers(runtime: Runtime) -> list[Any]:
     """Release, through the method that made it, what this process's journal still lists
     (call inside the LAN host, with the link healthy again); returns what was there.
 
-    On a lossy link a loser's release (a TURN Refresh with lifetime 0) may get no answer
+    On a lossy link a release (a TURN Refresh with lifetime 0) may get no answer
     within ``release_timeout``: the entry then stays in the journal, because the server may
     still hold the allocation. It must be releasable: that is what the next start does for
     a dead process, and what this does for a live one."""
@@ -169,7 +169,10 @@ async def test_map_succeeds_and_decides_the_same_on_an_impaired_wan(
 ) -> None:
     """Pass rule: with the WAN link impaired, the chain still gives an endpoint, the same
     method wins as on a clean link (``eim``: UPnP; ``no-igd``: the relay), a peer on the
-    internet side reaches it, and releasing it leaves the router and the journal empty.
+    internet side reaches it, and releasing it leaves the router and the journal empty. The
+    one exception is a TURN allocation whose deletion got no answer over the impaired link
+    within ``release_timeout``: it stays journalled (the server may still hold it) and must
+    then be releasable once the link is healthy.
 
     Representative set (time budget): every impairment on ``eim``, where all five methods
     run and the decision depends on STUN (the verifier's proof crosses the WAN) and on the
@@ -203,12 +206,13 @@ async def test_map_succeeds_and_decides_the_same_on_an_impaired_wan(
     assert kinds[0] is LeaseEventKind.ACQUIRED and kinds[-1] is LeaseEventKind.RELEASED, kinds
     if lab.has_igd():
         assert lab.gateway_state().empty
-    # A release the lossy link left unconfirmed stays journalled, and is released now.
+    # A release the impaired link left unconfirmed stays journalled, and is released now.
+    # Only the TURN allocation lives across the WAN link; the gateway is on the LAN side.
     with lab.inside("lan"):
         left = await release_leftovers(runtime)
     for entry in left:
-        assert entry.method != winner and knobs.get("loss", 0) >= 30, entry
-        print(f"unconfirmed release of a loser, kept in the journal and released: {entry.id}")
+        assert entry.method == "relay", entry
+        print(f"unconfirmed relay release, kept in the journal, released now: {entry.id}")
     assert journal_entries(tmp_path) == []
 
 

@@ -558,7 +558,9 @@ class Chain:
                 self.hooks.attempt_finished(record)
 
         try:
-            with attempt.scope:
+            # Current while the attempt runs: protocol spans (and the method's keep-alive
+            # work, in tasks started from here) nest under it.
+            with trace.use_span(span, end_on_exit=False), attempt.scope:
                 if not breaker.allow():
                     err = CircuitOpen(spec.name, breaker.retry_after())
                     finish(_record(spec, AttemptOutcome.SKIPPED, err, start, 0))

@@ -8,7 +8,10 @@ Names follow OpenTelemetry conventions: spans ``nattrav.chain`` and ``nattrav.at
 attributes ``nattrav.method``, ``nattrav.outcome``, ``error.type``; metrics ``nattrav.attempts``
 (counter), ``nattrav.attempt.duration`` (histogram, seconds), ``nattrav.breaker.state`` (gauge:
 0 closed, 1 half-open, 2 open), ``nattrav.leases.active`` and ``nattrav.lease.events``.
-Plugins use ``span()`` and ``counter()`` for their own protocol transactions.
+Plugins use ``span()`` and ``counter()`` for their own protocol transactions: a span per
+transaction with ``nattrav.method``, ``nattrav.server`` (or ``nattrav.gateway``),
+``nattrav.outcome`` and ``nattrav.retransmissions``, nested under the ``nattrav.attempt`` span
+of the attempt that ran it (docs/observability.md lists them all).
 """
 
 from __future__ import annotations
@@ -64,10 +67,30 @@ class Telemetry:
 
     @contextmanager
     def span(self, name: str, **attributes: Any) -> Iterator[Span]:
-        """A span for a protocol transaction; exceptions mark it as an error."""
+        """A span for a protocol transaction, current while the block runs.
+
+        Attribute names without a dot get the ``nattrav.`` prefix (``method`` ->
+        ``nattrav.method``, ``retransmissions`` -> ``nattrav.retransmissions``). Unless the
+        block set ``nattrav.outcome`` itself, it is ``succeeded`` when the block ends,
+        ``cancelled`` when it is cancelled, and ``failed`` when it raises; an exception also
+        sets ``error.type``, an error status and an exception event.
+        """
         attrs = {k if "." in k else f"nattrav.{k}": _otel_value(v) for k, v in attributes.items()}
-        with self.tracer.start_as_current_span(name, attributes=attrs) as span:
-            yield span
+        with self.tracer.start_as_current_span(
+            name, attributes=attrs, record_exception=False, set_status_on_exception=False
+        ) as span:
+            try:
+                yield span
+            except BaseException as exc:
+                if _is_cancellation(exc):
+                    _set_default(span, "nattrav.outcome", "cancelled")
+                else:
+                    _set_default(span, "nattrav.outcome", "failed")
+                    span.set_attribute("error.type", type(exc).__name__)
+                    span.set_status(Status(StatusCode.ERROR, str(exc)))
+                    span.record_exception(exc)
+                raise
+            _set_default(span, "nattrav.outcome", "succeeded")
 
     def counter(self, name: str, unit: str = "1", description: str = "") -> metrics.Counter:
         """A named counter, created once per runtime (for plugin-specific metrics)."""
@@ -123,6 +146,20 @@ class Telemetry:
             event.endpoint,
             extra={"nattrav.method": event.method, "nattrav.event": event.kind.value},
         )
+
+
+def _set_default(span: Span, key: str, value: str) -> None:
+    """Set ``key`` unless the span already carries it (SDK spans can tell; others cannot, and
+    record nothing anyway)."""
+    current = getattr(span, "attributes", None)
+    if current is not None and key in current:
+        return
+    span.set_attribute(key, value)
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    # asyncio.CancelledError or trio.Cancelled, without importing either event loop here.
+    return type(exc).__name__ in ("CancelledError", "Cancelled")
 
 
 def _otel_value(value: Any) -> Any:

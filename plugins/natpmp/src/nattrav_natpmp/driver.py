@@ -362,7 +362,11 @@ class GatewayClient:
             self._drain()
             span = (
                 self._telemetry.span(
-                    "nattrav.natpmp.transaction", what=what, gateway=self.gateway.host
+                    "nattrav.natpmp.transaction",
+                    method=METHOD,
+                    what=what,
+                    gateway=self.gateway.host,
+                    server=format_hostport(self.gateway.host, self.server_port),
                 )
                 if self._telemetry is not None
                 else None
@@ -371,7 +375,10 @@ class GatewayClient:
                 return await self._exchange(machine)
             with span as s:
                 event = await self._exchange(machine)
-                s.set_attribute("nattrav.outcome", type(event).__name__)
+                outcome, sends = _span_outcome(event)
+                s.set_attribute("nattrav.outcome", outcome)
+                s.set_attribute("nattrav.result", type(event).__name__)
+                s.set_attribute("nattrav.retransmissions", max(0, sends - 1))
                 return event
 
     async def _exchange(self, machine: Any) -> Any:
@@ -1104,3 +1111,20 @@ class GatewayClient:
         for mapping in self.mappings:
             mapping.lease.refresh(now, delay)
         self._wake.set()
+
+
+def _span_outcome(event: Any) -> tuple[str, int]:
+    """A transaction's outcome in the words every protocol's spans use, and its sends (all
+    transmissions of the request; for a negotiation, of both protocols' requests)."""
+    if isinstance(event, Negotiated):
+        return "succeeded", event.event.sends
+    if isinstance(event, NoServer):
+        return ("unreachable" if event.refused else "timed-out"), event.sends
+    outcome = {
+        Answered: "succeeded",
+        Refused: "refused",
+        VersionUnsupported: "refused",
+        TimedOut: "timed-out",
+        Unreachable: "unreachable",
+    }.get(type(event), "failed")
+    return outcome, int(getattr(event, "sends", 1))

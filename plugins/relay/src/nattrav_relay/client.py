@@ -264,6 +264,8 @@ class RelayStats:
     icmp: int = 0
     keepalives: int = 0
     auth_retries: int = 0
+    #: requests sent again because no answer came (RFC 8489 §6.2.1), over finished requests
+    retransmissions: int = 0
     discarded: dict[str, int] = attrs.field(factory=dict)
 
     def discard(self, reason: str) -> None:
@@ -1033,6 +1035,7 @@ class TurnClient:
         if pending in self._requests:
             self._requests.remove(pending)
         self.stats.auth_retries += request.auth_retries
+        self.stats.retransmissions += max(0, request.sends - len(request.transaction_ids))
         handler = {
             _Kind.ALLOCATE: self._allocate_done,
             _Kind.REFRESH: self._refresh_done,

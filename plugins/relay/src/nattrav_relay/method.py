@@ -164,10 +164,17 @@ class RelayMethod:
                 if self.config.transport_fallback and fallback_uri(server.uri):
                     timeout = min(timeout, self.config.fallback_after)
                 try:
-                    with _span(ctx, server):
-                        endpoint = await stack.enter_async_context(
+                    with _span(ctx, server) as span:
+                        held: RelayEndpoint = await stack.enter_async_context(
                             await self._allocate(ctx, server, families, lifetime, timeout)
                         )
+                        endpoint = held
+                        if span is not None:
+                            # Allocate (with its 401 round) and the configured permissions
+                            span.set_attribute(
+                                "nattrav.retransmissions", held.stats.retransmissions
+                            )
+                            span.set_attribute("nattrav.transport", held.transport)
                 except RelayError as exc:
                     if breaker is not None:
                         breaker.failure()
@@ -408,7 +415,7 @@ def _span(ctx: AttemptContext, server: ServerConfig) -> Any:
     """A telemetry span around one server's allocation (a no-op without telemetry)."""
     if ctx.telemetry is None:
         return nullcontext()
-    return ctx.telemetry.span("nattrav.relay.allocate", server=server.uri)
+    return ctx.telemetry.span("nattrav.relay.allocate", method=ctx.method, server=server.uri)
 
 
 def _probe_socket(family: int) -> socket.socket:

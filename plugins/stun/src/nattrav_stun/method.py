@@ -54,6 +54,7 @@ from nattrav_stun.driver import (
     resolve,
 )
 from nattrav_stun.events import AuthenticationFailed, BindingResult, TimedOut
+from nattrav_stun.tracing import traced_binding
 from nattrav_stun.uri import ServerAddress
 
 __all__ = [
@@ -125,6 +126,7 @@ async def query_servers(
     answers: dict[int, ServerAnswer] = dict(resolution)
     first = anyio.Event()
     silent = False
+    outwaited = False  # another server answered and these had ``wait_after_first`` more
 
     async with anyio.create_task_group() as tg:
 
@@ -142,11 +144,14 @@ async def query_servers(
                 done(index, ServerAnswer(server, error="circuit breaker open"))
                 return
             try:
-                if ctx is not None and ctx.telemetry is not None:
-                    with ctx.telemetry.span("stun.binding", server=str(server)):
-                        result = await client.binding(target, endpoint=endpoint, families=families)
-                else:
-                    result = await client.binding(target, endpoint=endpoint, families=families)
+                result = await traced_binding(
+                    client,
+                    ctx,
+                    target,
+                    purpose="mapped address",
+                    endpoint=endpoint,
+                    families=families,
+                )
             except StunError as exc:
                 if breaker is not None:
                     breaker.failure()
@@ -155,20 +160,28 @@ async def query_servers(
                 return
             except anyio.get_cancelled_exc_class():
                 if breaker is not None:
-                    breaker.cancelled()
+                    # Silent for the whole ``timeout``, or ``wait_after_first`` after another
+                    # server answered: count it, so a dead server's breaker opens and later
+                    # runs skip it (else it would cost that wait in every run). Cancelled for
+                    # any other reason (the chain moved on): no verdict on the server.
+                    if outwaited or silent:
+                        breaker.failure()
+                    else:
+                        breaker.cancelled()
                 raise
             if breaker is not None:
                 breaker.success()
             done(index, ServerAnswer(server, result))
 
         async def stop_after_first() -> None:
-            nonlocal silent
+            nonlocal silent, outwaited
             with anyio.move_on_after(math.inf if timeout is None else timeout) as waiting:
                 await first.wait()
             if waiting.cancelled_caught:
                 silent = True  # nobody answered in time: no point waiting for the RFC schedule
             else:
                 await anyio.sleep(wait_after_first)
+                outwaited = True
             tg.cancel_scope.cancel()
 
         if len(answers) == len(targets):
@@ -224,6 +237,7 @@ async def filtering_probe(
     endpoint: Endpoint,
     window: float,
     mux: Any = None,
+    ctx: AttemptContext | None = None,
 ) -> tuple[Reachability, str]:
     """CHANGE-REQUEST "change IP and port" from the application's port (see module doc).
 
@@ -260,8 +274,11 @@ async def filtering_probe(
             "inconclusive",
         )
     try:
-        answer = await client.binding(
+        answer = await traced_binding(
+            client,
+            ctx,
             server,
+            purpose="filtering probe",
             endpoint=endpoint,
             attributes={CHANGE_REQUEST: CHANGE_IP | CHANGE_PORT},
             timeout=window,
@@ -363,7 +380,7 @@ class StunMethod:
             assert primary is not None
             if cfg.filtering_probe:
                 reachability, probe = await filtering_probe(
-                    client, primary, endpoint, cfg.probe_window, mux
+                    client, primary, endpoint, cfg.probe_window, mux, ctx
                 )
             else:
                 reachability, probe = Reachability.unknown("mapped address only"), "skipped"
@@ -441,7 +458,9 @@ class StunMethod:
                 next_check = now + cfg.recheck
                 next_keepalive = now + cfg.keepalive  # the request refreshed the binding too
                 try:
-                    result = await client.binding(server, endpoint=endpoint)
+                    result = await traced_binding(
+                        client, ctx, server, purpose="recheck", endpoint=endpoint
+                    )
                 except StunError as exc:
                     if not lost:
                         lost = True

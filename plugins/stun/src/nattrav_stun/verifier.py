@@ -41,6 +41,7 @@ from nattrav_stun.config import StunConfig
 from nattrav_stun.driver import Endpoint, StunClient, StunError
 from nattrav_stun.events import BindingResult
 from nattrav_stun.method import mapping_epoch, port_forwarded, port_talked_to
+from nattrav_stun.tracing import traced_binding
 from nattrav_stun.uri import ServerAddress
 
 __all__ = ["StunVerifier", "VERIFIER"]
@@ -89,10 +90,12 @@ class StunVerifier:
                 try:
                     if candidate.kind is CandidateKind.PORT_MAPPED:
                         verdict = await self._port_mapped(
-                            client, candidate, server, family, ctx.sockets
+                            client, candidate, server, family, ctx.sockets, ctx
                         )
                     else:
-                        verdict = await self._reflexive(client, candidate, server, app, ctx.sockets)
+                        verdict = await self._reflexive(
+                            client, candidate, server, app, ctx.sockets, ctx
+                        )
                 except StunError:
                     continue
                 if verdict is not None:
@@ -106,10 +109,18 @@ class StunVerifier:
         server: ServerAddress,
         app: Endpoint,
         mux: Any,
+        ctx: AttemptContext | None = None,
     ) -> Reachability | None:
         family = candidate.address.family
         started = anyio.current_time()
-        first = await client.binding(server, endpoint=app, families=frozenset({family}))
+        first = await traced_binding(
+            client,
+            ctx,
+            server,
+            purpose="verify: mapped address",
+            endpoint=app,
+            families=frozenset({family}),
+        )
         window = max(self.config.probe_window, 2 * (anyio.current_time() - started))
         target = Address(candidate.address.host, candidate.address.port)
         if first.mapped != target:
@@ -123,8 +134,11 @@ class StunVerifier:
         answer = None
         for _ in range(SILENT_PROBES):
             try:
-                answer = await client.binding(
+                answer = await traced_binding(
+                    client,
+                    ctx,
                     first.server,
+                    purpose="verify: change-request to the candidate",
                     endpoint=app,
                     attributes={CHANGE_REQUEST: CHANGE_IP | CHANGE_PORT},
                     timeout=window,
@@ -148,7 +162,14 @@ class StunVerifier:
         # a separate socket so the application's filter state is untouched.
         probe = await client.add_socket(family)
         try:
-            await client.binding(other, endpoint=probe, timeout=window)
+            await traced_binding(
+                client,
+                ctx,
+                other,
+                purpose="verify: alternate answers",
+                endpoint=probe,
+                timeout=window,
+            )
         except StunError:
             return None
         return Reachability.refused(
@@ -164,19 +185,30 @@ class StunVerifier:
         server: ServerAddress,
         family: int,
         mux: Any,
+        ctx: AttemptContext | None = None,
     ) -> Reachability | None:
         window = self.config.probe_window
         external = Address(candidate.address.host, candidate.address.port)
         probe = await client.add_socket(family)
         started = anyio.current_time()
-        first = await client.binding(server, endpoint=probe, families=frozenset({family}))
+        first = await traced_binding(
+            client,
+            ctx,
+            server,
+            purpose="verify: public address",
+            endpoint=probe,
+            families=frozenset({family}),
+        )
         window = max(window, 2 * (anyio.current_time() - started))
         if first.mapped.host != external.host:
             return None  # another public address: this path cannot reach the mapping
         # Does the server honour RESPONSE-PORT? Aim at our own, known-good mapping first.
         try:
-            await client.binding(
+            await traced_binding(
+                client,
+                ctx,
                 first.server,
+                purpose="verify: response-port control",
                 endpoint=probe,
                 attributes={RESPONSE_PORT: first.mapped.port},
                 timeout=window,
@@ -190,8 +222,11 @@ class StunVerifier:
         answer = None
         for _ in range(SILENT_PROBES):
             try:
-                answer = await client.binding(
+                answer = await traced_binding(
+                    client,
+                    ctx,
                     first.server,
+                    purpose="verify: response-port to the mapping",
                     endpoint=probe,
                     attributes=attributes,
                     timeout=window,

@@ -116,9 +116,13 @@ class _Client:
         span = (
             self.telemetry.span(
                 "nattrav.upnp.soap",
+                method="upnp",
                 action=action,
                 service=self.service.label,
                 gateway=self.service.control_url.host,
+                server=str(self.service.control_url),
+                # HTTP over TCP: the kernel retransmits, the client sends each request once
+                retransmissions=0,
             )
             if self.telemetry is not None
             else nullcontext()

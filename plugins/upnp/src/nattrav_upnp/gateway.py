@@ -91,6 +91,8 @@ class Discovery:
     errors: dict[str, int] = attrs.field(factory=dict)
     #: default gateways whose unicast M-SEARCH drew an ICMP Port Unreachable
     refused: tuple[str, ...] = ()
+    #: rounds of M-SEARCHes sent (the first and the resends: UDP gets lost)
+    rounds: int = 1
 
     @property
     def usable(self) -> list[FoundDevice]:
@@ -192,6 +194,7 @@ async def discover(
         discarded=dict(search.discarded),
         errors=dict(errors),
         refused=tuple(sorted(search.refused)),
+        rounds=search.rounds,
     )
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
 from typing import Any
 
 import anyio
@@ -104,14 +104,34 @@ class UpnpMethod:
         ``families``: IPv4 for port mappings, IPv6 for pinholes (the router must be reached
         over IPv6 for those); the search waits a little for a device of each.
         """
-        found = await discover(
-            self.config,
-            transport,
-            plan=self.plan,
-            gateways=self.gateways,
-            policy=self.policy,
-            families=families,
+        span = (
+            telemetry.span(
+                "nattrav.upnp.search",
+                method=NAME,
+                families=",".join(str(f) for f in sorted(families)),
+            )
+            if telemetry is not None
+            else nullcontext()
         )
+        with span as current:
+            found = await discover(
+                self.config,
+                transport,
+                plan=self.plan,
+                gateways=self.gateways,
+                policy=self.policy,
+                families=families,
+            )
+            if current is not None:
+                outcome = (
+                    "succeeded"
+                    if found.devices
+                    else ("unreachable" if found.refused else "timed-out")
+                )
+                current.set_attribute("nattrav.outcome", outcome)
+                current.set_attribute("nattrav.devices", len(found.devices))
+                current.set_attribute("nattrav.retransmissions", max(0, found.rounds - 1))
+                current.set_attribute("nattrav.server", ",".join(found.gateways))
         if telemetry is not None:
             counter = telemetry.counter(
                 "nattrav.upnp.ssdp.discarded", description="SSDP datagrams discarded, by reason"

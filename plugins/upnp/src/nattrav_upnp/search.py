@@ -122,6 +122,11 @@ class SsdpSearch:
         out, self._pending = self._pending, []
         return [] if self.done else out
 
+    @property
+    def rounds(self) -> int:
+        """How many rounds of M-SEARCHes went out so far (the first, then the resends)."""
+        return self._next_round
+
     def get_timer(self) -> float | None:
         """When ``handle_timer`` must next be called, or ``None`` when done."""
         if self.done or self.started_at is None:
