@@ -48,7 +48,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -81,11 +81,15 @@ from nattrav_relay.transport import (
     ServerUnreachable,
     TransportClosed,
     TransportError,
+    UdpTransport,
     open_transport,
 )
 from nattrav_relay.transport import (
     Transport as ServerTransport,
 )
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["RelayEndpoint", "RelayError", "allocate", "release_orphan", "resolve_server"]
 
@@ -139,9 +143,13 @@ def event_loop_clock() -> Callable[[], float]:
     import sys
 
     try:
-        return asyncio.get_running_loop().time
+        loop = asyncio.get_running_loop()
     except RuntimeError:
         pass
+    else:
+        if getattr(type(loop), "time", None) is asyncio.BaseEventLoop.time:
+            return time.monotonic  # what BaseEventLoop.time returns, minus a Python frame
+        return loop.time
     trio: Any = sys.modules.get("trio")
     if trio is not None:
         try:
@@ -152,6 +160,26 @@ def event_loop_clock() -> Callable[[], float]:
             clock: Callable[[], float] = trio.current_time
             return clock
     return anyio.current_time
+
+
+def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop when anyio runs on asyncio (uvloop included), else ``None``
+    (trio, and trio in guest mode on top of asyncio)."""
+    import asyncio
+    import sys
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    trio: Any = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:
+            return loop
+        return None
+    return loop
 
 
 def _as_server(server: str | ServerAddress) -> ServerAddress:
@@ -231,6 +259,10 @@ class RelayEndpoint:
         self._inbox: deque[tuple[bytes, TransportAddress]] = deque()
         self._inbox_max = receive_queue
         self._inbox_waiter: anyio.Event | None = None
+        # On asyncio (not trio, not trio guest mode) the steady reader is a persistent
+        # ``add_reader`` callback and waiters are bare futures (see ``_reader_asyncio``).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._inbox_future: asyncio.Future[None] | None = None
         self._closed = False
         self._failure: RelayError | None = None
         self._peers: dict[Address, TransportAddress] = {}
@@ -364,6 +396,14 @@ class RelayEndpoint:
                 raise self._failure
             if self._closed:
                 raise RelayError("the relay endpoint is closed")
+            loop = self._loop
+            if loop is not None:
+                future = self._inbox_future = loop.create_future()
+                try:
+                    await future
+                finally:
+                    self._inbox_future = None
+                continue
             waiter = self._inbox_waiter
             if waiter is None or waiter.is_set():
                 waiter = self._inbox_waiter = anyio.Event()
@@ -443,6 +483,7 @@ class RelayEndpoint:
 
     async def _start(self, tg: anyio.abc.TaskGroup) -> None:
         self._now = event_loop_clock()
+        self._loop = _asyncio_loop()
         self._addresses = await resolve_server(self.server)
         failure: RelayError | None = None
         for host in self._addresses:
@@ -685,9 +726,12 @@ class RelayEndpoint:
                 self._peers.clear()
             address = self._peers[peer] = TransportAddress(peer.host, peer.port)
         inbox.append((payload, address))
-        waiter = self._inbox_waiter
-        if waiter is not None:
-            waiter.set()
+        future = self._inbox_future
+        if future is not None:
+            if not future.done():
+                future.set_result(None)
+        elif self._inbox_waiter is not None:
+            self._inbox_waiter.set()
 
     async def _supervise(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         with anyio.CancelScope() as scope:
@@ -742,15 +786,24 @@ class RelayEndpoint:
 
     def _fail(self, error: RelayError) -> None:
         self._failure = error
+        self._wake_receiver()
+        raise error
+
+    def _wake_receiver(self) -> None:
+        future = self._inbox_future
+        if future is not None and not future.done():
+            future.set_result(None)
         waiter = self._inbox_waiter
         if waiter is not None:
             waiter.set()
-        raise error
 
     async def _reader(self) -> None:
         client = self._client
         transport = self._transport
         assert client is not None and transport is not None
+        if self._loop is not None and isinstance(transport, UdpTransport):
+            await self._reader_asyncio(self._loop, transport)
+            return
         last_probe = -math.inf
         while True:
             try:
@@ -769,6 +822,57 @@ class RelayEndpoint:
             self._ingest(batch, self._now())
             if client.has_output:
                 await self._pump()
+
+    async def _reader_asyncio(
+        self, loop: asyncio.AbstractEventLoop, transport: UdpTransport
+    ) -> None:
+        """The steady reader on asyncio: a persistent ``add_reader`` callback reads every
+        queued datagram and delivers application data at once, without a task switch (and
+        without ``anyio.wait_readable`` adding and removing the reader on every wake-up);
+        this task only wakes for control work (a message the client answered, an ICMP error,
+        a broken socket)."""
+        client = self._client
+        assert client is not None
+        last_probe = -math.inf
+        problem: list[TransportError] = []
+        wake: asyncio.Future[None] | None = None
+
+        def readable() -> None:
+            nonlocal wake
+            try:
+                batch = transport.receive_nowait()
+            except TransportError as exc:
+                problem.append(exc)
+                batch = []
+            if batch:
+                self._ingest(batch, self._now())
+            if (problem or client.has_output) and wake is not None and not wake.done():
+                wake.set_result(None)
+
+        fd = transport.sock.fileno()
+        loop.add_reader(fd, readable)
+        try:
+            while True:
+                wake = loop.create_future()
+                if not problem and not client.has_output:
+                    await wake
+                wake = None
+                while problem:
+                    exc = problem.pop(0)
+                    if isinstance(exc, ServerUnreachable):
+                        now = anyio.current_time()
+                        if now - last_probe > 2.0:  # an ICMP hint: check the allocation now
+                            last_probe = now
+                            client.refresh(now)
+                    else:
+                        client.connection_lost(str(exc), anyio.current_time())
+                        await self._pump()
+                        return
+                if client.has_output:
+                    await self._pump()
+        finally:
+            with suppress(Exception):
+                loop.remove_reader(fd)
 
     async def _timer(self) -> None:
         client = self._client
@@ -938,9 +1042,7 @@ class RelayEndpoint:
                     {"confirmed": confirmed},
                 )
             self._closed = True
-            waiter = self._inbox_waiter
-            if waiter is not None:
-                waiter.set()
+            self._wake_receiver()
             if self._transport is not None:
                 await self._transport.aclose()
             for stream in self._subscribers:

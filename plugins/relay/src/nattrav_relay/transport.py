@@ -151,26 +151,30 @@ class UdpTransport:
             except (anyio.ClosedResourceError, OSError, ValueError) as exc:
                 raise TransportClosed("socket closed") from exc
 
-    async def receive(self) -> list[bytes]:
+    def receive_nowait(self) -> list[bytes]:
+        """Every datagram queued now (up to a batch); ``[]`` when there is none. Raises
+        ``ServerUnreachable`` (ICMP) or ``TransportError`` only when nothing was read."""
         recv = self._recv
+        batch: list[bytes] = []
+        try:
+            while len(batch) < _BATCH:
+                batch.append(recv(_RECV_SIZE))
+        except BlockingIOError:
+            pass
+        except ConnectionRefusedError as exc:
+            self.unreachable += 1
+            if not batch:
+                raise ServerUnreachable(f"ICMP: {self.remote} refused (port unreachable)") from exc
+        except OSError as exc:
+            if self._closed:
+                raise TransportClosed("socket closed") from exc
+            if not batch:
+                raise TransportError(f"UDP receive: {exc.strerror or exc}") from exc
+        return batch
+
+    async def receive(self) -> list[bytes]:
         while True:
-            batch: list[bytes] = []
-            try:
-                while len(batch) < _BATCH:
-                    batch.append(recv(_RECV_SIZE))
-            except BlockingIOError:
-                pass
-            except ConnectionRefusedError as exc:
-                self.unreachable += 1
-                if not batch:
-                    raise ServerUnreachable(
-                        f"ICMP: {self.remote} refused (port unreachable)"
-                    ) from exc
-            except OSError as exc:
-                if self._closed:
-                    raise TransportClosed("socket closed") from exc
-                if not batch:
-                    raise TransportError(f"UDP receive: {exc.strerror or exc}") from exc
+            batch = self.receive_nowait()
             if batch:
                 return batch
             try:
