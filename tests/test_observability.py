@@ -28,7 +28,7 @@ from nattrav.plugins import PluginHost
 from nattrav.runtime import Runtime
 from nattrav.testing import TelemetryProbe
 
-pytestmark = [pytest.mark.lab, pytest.mark.anyio]
+pytestmark = pytest.mark.anyio  # lab tests are marked by their `lab` fixture
 
 V4 = frozenset({4})
 #: an address in the lab's internet range where no STUN server runs (its breaker must open)
@@ -339,3 +339,53 @@ def test_map_serves_prometheus_metrics_and_logs_json_lines(lab: Any, tmp_path: P
     ]
     assert lab.turn.password not in stderr
     assert lab.gateway_state().empty
+
+
+# --------------------------------------------------------------------------- the docs
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "observability.md"
+
+
+def _section(text: str, heading: str) -> str:
+    start = text.index(f"## {heading}")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end >= 0 else len(text)]
+
+
+def _table_rows(section: str) -> list[list[str]]:
+    rows = []
+    for line in section.splitlines():
+        if line.startswith("| ") and not line.startswith("| ---"):
+            rows.append([cell.strip() for cell in line.strip().strip("|").split(" | ")])
+    return rows[1:]  # without the header
+
+
+def test_the_doc_names_every_span_and_metric_and_only_tests_that_exist() -> None:
+    """docs/observability.md stays true: its span table lists the spans the code opens, its
+    metric table the instruments core and the plugins create, and every test its fault table
+    names exists (file, and function defined in it)."""
+    text = DOC.read_text()
+    spans = {row[0].strip("`") for row in _table_rows(_section(text, "Spans"))}
+    assert spans == {"nattrav.chain", "nattrav.attempt", *PROTOCOL_SPANS}
+    sources = "\n".join(
+        p.read_text()
+        for p in [*ROOT.glob("core/src/nattrav/*.py"), *ROOT.glob("plugins/*/src/*/*.py")]
+    )
+    for name in spans:
+        assert f'"{name}"' in sources, f"{name} is documented but no code opens it"
+    metrics = {row[0].strip("`") for row in _table_rows(_section(text, "Metrics"))}
+    # instruments: meter.create_counter("nattrav...."), telemetry.counter("nattrav....")
+    created = set(re.findall(r'(?:create_\w+|counter)\(\s*"(nattrav\.[a-z_.]+)"', sources))
+    assert created, "found no instruments in the sources"
+    assert metrics == created, metrics ^ created
+    rows = _table_rows(_section(text, "Faults: what nattrav does, and the test that proves it"))
+    assert len(rows) >= 12
+    for fault, _does, tests, _measured in rows:
+        assert tests, f"the fault {fault!r} names no test"
+        for ref in re.findall(r"`([^`]*test_[^`]*)`", tests):
+            path, _, name = ref.rpartition("::")
+            file = ROOT / (path or "tests/test_faults_lab.py")
+            function = name.split("[")[0]
+            assert file.exists(), ref
+            assert f"def {function}(" in file.read_text(), f"{ref}: no such test"
