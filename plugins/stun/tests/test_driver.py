@@ -327,3 +327,164 @@ async def test_local_send_error_fails_the_transaction(settings: ClientSettings) 
     async with StunClient.open(settings) as client:
         event = await client.exchange_udp(c.Address("255.255.255.255", 3478))
     assert isinstance(event, TransactionFailed) and "cannot send" in event.reason
+
+
+# ----------------------------------------------------------------------------- lean path
+# Plain Binding requests (no credentials, UDP, an IP address) take the lean path of
+# binding_table.py on asyncio; on trio, and with ``fast_path=False``, the general path. The
+# tests below run on both and expect the same behaviour.
+
+
+def _silent_socket() -> socket.socket:
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    silent.setblocking(False)
+    return silent
+
+
+async def test_lean_path_on_asyncio_general_path_elsewhere(
+    coturn: Coturn, settings: ClientSettings, anyio_backend: str
+) -> None:
+    async with StunClient.open(settings) as client:
+        results = [await client.binding(coturn.uri) for _ in range(3)]
+        endpoint = await client.endpoint_for(4)
+        lean = endpoint.lean
+        if anyio_backend == "asyncio" and settings.fast_path is None:
+            assert lean is not None and not lean.pending
+            assert lean._memo is not None  # coturn's answers went through the table
+        else:
+            assert lean is None
+    assert len({r.mapped for r in results}) == 1
+    assert all(r.source == r.server and r.other_address is not None for r in results)
+
+
+async def test_scripted_server_loss_garbage_wrong_source_duplicates(
+    settings: ClientSettings,
+) -> None:
+    """A scripted fake server: coturn never drops a request, answers from another address,
+    sends garbage with our transaction ID or answers twice; a path and an attacker can."""
+    mapped = c.Address("203.0.113.5", 4242)
+    async with (
+        await anyio.create_udp_socket(local_host="127.0.0.1") as server,
+        await anyio.create_udp_socket(local_host="127.0.0.1") as impostor,
+    ):
+        port = server.extra(anyio.abc.SocketAttribute.local_port)
+        seen: list[bytes] = []
+
+        async def serve() -> None:
+            async for data, addr in server:
+                req = c.decode(data)
+                seen.append(req.transaction_id)
+                if len(seen) % 2:  # every first send of a transaction is "lost"
+                    continue
+                good = c.encode(
+                    c.Message(
+                        c.BINDING,
+                        c.SUCCESS,
+                        req.transaction_id,
+                        {c.XOR_MAPPED_ADDRESS: mapped},
+                    )
+                )
+                forged = c.encode(
+                    c.Message(
+                        c.BINDING,
+                        c.SUCCESS,
+                        req.transaction_id,
+                        {c.XOR_MAPPED_ADDRESS: c.Address("198.51.100.66", 6666)},
+                    )
+                )
+                await impostor.sendto(forged, *addr)  # wrong source: discarded
+                await server.sendto(data[:8] + req.transaction_id + b"garbage!", *addr)
+                await server.sendto(good, *addr)
+                await server.sendto(good, *addr)  # duplicate: ignored
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(serve)
+            async with StunClient.open(settings) as client:
+                target = c.Address("127.0.0.1", port)
+                first = await client.binding(target)
+                second = await client.binding(target)
+                await anyio.sleep(0.05)  # the duplicates and late answers arrive
+                third = await client.binding(target)
+            tg.cancel_scope.cancel()
+    for result in (first, second, third):
+        assert result.mapped == mapped and result.source == target
+        assert result.rtt is None  # retransmitted: no RTT sample (Karn)
+    assert len(seen) == 6 and seen[0] == seen[1] and seen[2] == seen[3]
+    assert len(set(seen)) == 3
+
+
+async def test_many_concurrent_bindings(coturn: Coturn, settings: ClientSettings) -> None:
+    count = 1500
+    async with StunClient.open(
+        ClientSettings(fast_path=settings.fast_path, max_outstanding=count)
+    ) as client:
+        endpoint = await client.add_socket(4, host="127.0.0.1")
+        results: list[c.Address] = []
+
+        async def one() -> None:
+            results.append((await client.binding(coturn.uri, endpoint=endpoint)).mapped)
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for _ in range(count):
+                    tg.start_soon(one)
+        assert not client._outstanding
+    assert len(results) == count and set(results) == {endpoint.local}
+
+
+async def test_cancelled_binding_leaves_nothing_behind(settings: ClientSettings) -> None:
+    with _silent_socket() as silent:
+        target = c.Address(*silent.getsockname())
+        async with StunClient.open(settings) as client:
+            with anyio.move_on_after(0.1) as scope:
+                await client.binding(target)
+            assert scope.cancelled_caught
+            assert not client._outstanding and not client._pending
+            endpoint = await client.endpoint_for(4)
+            assert endpoint.lean is None or not endpoint.lean.pending
+
+
+async def test_binding_timeout_is_a_short_window(settings: ClientSettings) -> None:
+    with _silent_socket() as silent:
+        target = c.Address(*silent.getsockname())
+        async with StunClient.open(settings) as client:
+            start = anyio.current_time()
+            with pytest.raises(StunError) as info:
+                await client.binding(target, timeout=0.3)
+            elapsed = anyio.current_time() - start
+    assert isinstance(info.value.event, TimedOut) and info.value.event.sends >= 2
+    assert 0.25 <= elapsed < 2.0
+
+
+async def test_closing_the_client_ends_outstanding_bindings(settings: ClientSettings) -> None:
+    with _silent_socket() as silent:
+        target = c.Address(*silent.getsockname())
+        outcome: list[BaseException] = []
+        async with anyio.create_task_group() as tg:
+            async with StunClient.open(settings) as client:
+
+                async def run() -> None:
+                    try:
+                        await client.binding(target)
+                    except StunError as exc:
+                        outcome.append(exc)
+
+                tg.start_soon(run)
+                await anyio.sleep(0.05)
+            with anyio.fail_after(2):
+                while not outcome:
+                    await anyio.sleep(0.01)
+    assert "closed" in str(outcome[0])
+
+
+async def test_own_sockets_get_a_large_receive_buffer(settings: ClientSettings) -> None:
+    """Best effort (the kernel caps it): answers to a burst must not overflow it."""
+    from nattrav_stun.driver import RECEIVE_BUFFER
+
+    with open("/proc/sys/net/core/rmem_max") as f:
+        cap = int(f.read())
+    async with StunClient.open(settings) as client:
+        endpoint = await client.add_socket(4, host="127.0.0.1")
+        size = endpoint.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    assert size >= min(RECEIVE_BUFFER, cap)
