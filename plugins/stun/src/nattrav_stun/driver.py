@@ -426,9 +426,10 @@ class UdpEndpoint(Endpoint):
         if self._armed is not None:
             self._armed.cancel()
             self._armed = None
-        if self.lean is not None:
-            for txn in self.lean:
-                self.lean.fail(txn, "the STUN client was closed")
+        lean, self.lean = self.lean, None
+        if lean is not None:
+            for txn in lean:
+                lean.fail(txn, "the STUN client was closed")
                 _wake(txn)
         loop = self.client._loop
         if self._reading and loop is not None:
@@ -1347,12 +1348,14 @@ class StunClient:
         """A Binding transaction; raises ``StunError`` unless it yields a mapped address."""
         if type(server) is Address:
             target: ServerAddress | Address = server
-            plain = True
         else:
             target = _as_server(server)
-            plain = type(target) is Address
-        if plain and attributes is None and accept_from == "destination" and self._lean_ok:
-            assert type(target) is Address
+        if (
+            type(target) is Address
+            and attributes is None
+            and accept_from == "destination"
+            and self._lean_ok
+        ):
             # The lean path (binding_table.py), written out here rather than in a helper
             # coroutine: one frame less per transaction, in time and in memory. Without an
             # endpoint, the default one (opened by the general path on first use).
@@ -1360,9 +1363,8 @@ class StunClient:
             used = self._defaults.get(family) if endpoint is None else endpoint
             if (
                 used is not None
-                and (table := used.lean) is not None
+                and (table := used.lean) is not None  # None once closed
                 and family in used.families
-                and not used.closed
                 and (families is None or family in families)
             ):
                 outstanding = self._outstanding
