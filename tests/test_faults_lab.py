@@ -318,7 +318,8 @@ async def test_a_dead_stun_server_opens_the_breaker_and_the_chain_falls_through_
             assert method == "upnp"
             assert record.outcome is AttemptOutcome.SKIPPED, record
             assert record.error_type == CircuitOpen.__name__, record
-            assert took < answer_timeout / 2, explain(attempts)
+            assert record.duration < 0.05, record  # skipped at once, no packet sent
+            assert took < answer_timeout, explain(attempts)  # never waits for the dead server
         # Half-open while the server is still dead: the one trial fails and re-opens.
         await anyio.sleep(stun.retry_after() + 0.05)
         method, took, attempts = await run()
