@@ -225,6 +225,37 @@ async def test_spans_and_metrics_of_real_chain_runs(
     assert lab.gateway_state().empty
 
 
+# --------------------------------------------------------------------------- span rules
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_transaction_spans_say_how_they_ended(nattrav_telemetry: TelemetryProbe) -> None:
+    """``Telemetry.span``, which every protocol span goes through: ``nattrav.`` prefixes,
+    ``succeeded`` / ``failed`` (with ``error.type`` and an error status) / ``cancelled`` unless
+    the block set its own outcome, on both event loops."""
+    telemetry = nattrav_telemetry.telemetry
+    with telemetry.span("t.ok", method="m", retransmissions=2):
+        pass
+    with telemetry.span("t.own") as span:
+        span.set_attribute("nattrav.outcome", "timed-out")
+    with pytest.raises(ValueError), telemetry.span("t.fail"):
+        raise ValueError("boom")
+    with anyio.move_on_after(0.01), telemetry.span("t.cancel"):
+        await anyio.sleep(1)
+    spans = {s.name: s for s in nattrav_telemetry.spans()}
+    ok = spans["t.ok"].attributes
+    assert (ok["nattrav.method"], ok["nattrav.retransmissions"]) == ("m", 2)
+    assert ok["nattrav.outcome"] == "succeeded" and spans["t.ok"].status.is_ok
+    assert spans["t.own"].attributes["nattrav.outcome"] == "timed-out"
+    failed = spans["t.fail"]
+    assert failed.attributes["nattrav.outcome"] == "failed"
+    assert failed.attributes["error.type"] == "ValueError" and not failed.status.is_ok
+    assert [e.name for e in failed.events] == ["exception"]
+    cancelled = spans["t.cancel"]
+    assert cancelled.attributes["nattrav.outcome"] == "cancelled"
+    assert "error.type" not in cancelled.attributes
+
+
 # --------------------------------------------------------------------------- CLI: Prometheus
 
 
