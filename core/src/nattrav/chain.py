@@ -22,7 +22,10 @@ Strategies:
   better-priority attempt is still running; otherwise it waits at most ``grace`` seconds for one
   of them to succeed, or ``fallback_grace`` seconds when the success is of a worse candidate
   kind than what a running attempt would give (a relay waits a little for a port mapping: a
-  relay is the last resort, and a mapping that is about to succeed is worth a second). Losers
+  relay is the last resort, and a mapping that is about to succeed is worth a second). A
+  better attempt that already holds its candidate and is only verifying it gets until its
+  verification ends (bounded: 4 verify windows per verifier), so a slow proof over a lossy
+  link does not hand the win to a relay. Losers
   still acquiring are cancelled; losers that already acquired are told to release. Attempts
   never started are recorded as skipped, so the result explains why each better method did
   not win.
@@ -153,6 +156,8 @@ class _Attempt:
     record: AttemptRecord | None = None
     running: bool = True
     failure: MethodError | None = None  # the held endpoint was lost for good
+    #: while the attempt's candidate is being verified: when that verification must end
+    verifying_until: float = -math.inf
 
 
 class Chain:
@@ -460,17 +465,24 @@ class Chain:
             now = anyio.current_time()
             best = _best_success(attempts)
             hopeful: list[int] = []  # not started, and would give a better kind than ``best``
+            deadline = grace_deadline
             if best is not None:
                 assert best.acquisition is not None
                 kind = best.acquisition.candidate.kind.preference
                 better = [a for a in attempts if a.running and a.index < best.index]
                 hopeful = [i for i in pending if i < best.index and specs[i].kind.preference < kind]
-                if (not better and not hopeful) or now >= grace_deadline:
+                # A better method holding a candidate that is only being verified (a mapping
+                # in hand, its proof slowed by a lossy link) may finish: verification is
+                # bounded, and a mapping beats a relay.
+                verifying = max((a.verifying_until for a in better), default=-math.inf)
+                deadline = max(grace_deadline, verifying)
+                if (not better and not hopeful) or now >= deadline:
                     winner = best
                     break
                 worse = bool(hopeful) or any(a.spec.kind.preference < kind for a in better)
                 wait = self.config.chain.fallback_grace if worse else self.config.chain.grace
                 grace_deadline = min(grace_deadline, now + wait)
+                deadline = max(grace_deadline, verifying)
             running = any(a.running for a in attempts)
             if best is None:
                 nxt = launchable()
@@ -484,7 +496,7 @@ class Chain:
                 launch(nxt)
                 last_launch = now
                 continue
-            wake = grace_deadline
+            wake = deadline
             if nxt is not None:
                 wake = min(wake, last_launch + stagger)
             with anyio.move_on_after(max(0.0, wake - now)):
@@ -721,7 +733,11 @@ class Chain:
                         acquisition: Acquisition = await holder.start(
                             _hold, method, ctx, release, attempt.release, released
                         )
-                    verdict = await self._verify(acquisition.candidate, ctx)
+                    attempt.verifying_until = anyio.current_time() + self._verify_bound()
+                    try:
+                        verdict = await self._verify(acquisition.candidate, ctx)
+                    finally:
+                        attempt.verifying_until = -math.inf
                     if verdict is not None:
                         candidate = acquisition.candidate.with_reachability(verdict)
                         acquisition = attrs.evolve(acquisition, candidate=candidate)
@@ -754,6 +770,10 @@ class Chain:
         raise MethodError(
             spec.name, "no attempt made"
         )  # pragma: no cover - stamina always runs once
+
+    def _verify_bound(self) -> float:
+        """The longest ``_verify`` can take: each verifier is bounded by 4 verify windows."""
+        return self.config.chain.verify_window * 4 * max(1, len(self.verifiers))
 
     async def _verify(self, candidate: Candidate, ctx: AttemptContext) -> Any:
         """Ask verifiers to prove or refute inbound reachability; ``None`` when none can tell."""

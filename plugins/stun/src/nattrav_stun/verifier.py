@@ -19,7 +19,7 @@ server to make a packet arrive from an address the application never talked to:
   picks it up (``proven``); silence after a working RESPONSE-PORT check is ``refused``: the
   gateway says it maps, but nothing arrives (tailscale#21208).
 
-Each check waits ``probe_window``, or twice the round trip its control check took when
+Each check waits ``probe_window``, or twice the round trip the first Binding measured when
 that is longer (a 200 ms link must not pass for silence). Silence refutes only when it
 happens twice: on a lossy link one lost answer (or request) is likely, and a refuted mapping
 is deleted and, refuted again, abandoned. The chain bounds the whole verification. Returns
@@ -32,7 +32,6 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from typing import Any
 
-import anyio
 from nattrav.method import AttemptContext
 from nattrav.models import Candidate, CandidateKind, Reachability, Transport
 
@@ -49,6 +48,13 @@ __all__ = ["StunVerifier", "VERIFIER"]
 VERIFIER = "stun-inbound"
 #: how many silent probes in a row refute a candidate (a lossy link loses single answers)
 SILENT_PROBES = 2
+
+
+def _window(configured: float, first: BindingResult) -> float:
+    """How long to wait for a probe's answer: ``probe_window``, or twice the round trip the
+    first Binding measured when that is longer. Its RTT is measured only when it went out
+    once (Karn's rule): a retransmission on a lossy link says nothing about the delay."""
+    return configured if first.rtt is None else max(configured, 2 * first.rtt)
 
 
 def _distinct_other(result: BindingResult) -> Address | None:
@@ -112,7 +118,6 @@ class StunVerifier:
         ctx: AttemptContext | None = None,
     ) -> Reachability | None:
         family = candidate.address.family
-        started = anyio.current_time()
         first = await traced_binding(
             client,
             ctx,
@@ -121,7 +126,7 @@ class StunVerifier:
             endpoint=app,
             families=frozenset({family}),
         )
-        window = max(self.config.probe_window, 2 * (anyio.current_time() - started))
+        window = _window(self.config.probe_window, first)
         target = Address(candidate.address.host, candidate.address.port)
         if first.mapped != target:
             return None  # this server sees another address: it cannot speak for the candidate
@@ -190,7 +195,6 @@ class StunVerifier:
         window = self.config.probe_window
         external = Address(candidate.address.host, candidate.address.port)
         probe = await client.add_socket(family)
-        started = anyio.current_time()
         first = await traced_binding(
             client,
             ctx,
@@ -199,7 +203,7 @@ class StunVerifier:
             endpoint=probe,
             families=frozenset({family}),
         )
-        window = max(window, 2 * (anyio.current_time() - started))
+        window = _window(window, first)
         if first.mapped.host != external.host:
             return None  # another public address: this path cannot reach the mapping
         # Does the server honour RESPONSE-PORT? Aim at our own, known-good mapping first.
