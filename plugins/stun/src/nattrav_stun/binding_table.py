@@ -39,6 +39,7 @@ from __future__ import annotations
 import heapq
 import math
 import secrets
+import struct
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -78,6 +79,8 @@ _crc32 = zlib.crc32
 _NO_SIGNING = Signing()
 #: The RTO cache gets one round-trip sample per table this often at most.
 RTT_SAMPLE_SPACING = 0.01
+#: How long ``rto_hints`` stand in for the RTO cache after a sample.
+RTO_HINT_LIFE = 1.0
 #: How many times a 5xx answer is retried with a new transaction (RFC 8489 §6.3.4: at most 4,
 #: as ``StunRequest``).
 MAX_SERVER_ERROR_RETRIES = 4
@@ -206,6 +209,9 @@ class BindingTable:
         self.random_bytes = random_bytes
         #: fed with round-trip samples of answered transactions (Karn's rule applies)
         self.rto_cache = rto_cache
+        #: host -> (the cache's RTO just after this table's last sample, valid until): saves
+        #: the driver a cache lookup per transaction while samples keep coming
+        self.rto_hints: dict[str, tuple[float, float]] = {}
         self._next_sample = -math.inf
         self._ids: list[bytes] = []
         self.pending: dict[bytes, LeanBinding] = {}
@@ -240,7 +246,7 @@ class BindingTable:
             pool = self.random_bytes(12 * 256)
             if len(pool) != 12 * 256:
                 raise LocalProtocolError("random_bytes returned the wrong number of bytes")
-            ids += [pool[i : i + 12] for i in range(0, 12 * 256, 12)]
+            ids += _SPLIT_IDS(pool)
         return ids.pop()
 
     def start(
@@ -487,9 +493,11 @@ class BindingTable:
         """Feed the RTO cache a round-trip sample, at most one per ``RTT_SAMPLE_SPACING``
         (a busy client has far more samples than an estimate needs; RFC 6298 asks for one
         per round trip)."""
-        assert self.rto_cache is not None
+        cache = self.rto_cache
+        assert cache is not None
         self._next_sample = now + RTT_SAMPLE_SPACING
-        self.rto_cache.record(host, rtt, now)
+        cache.record(host, rtt, now)
+        self.rto_hints[host] = (cache.rto_for(host, now), now + RTO_HINT_LIFE)
 
     def _error(self, txn: LeanBinding, msg: Message, now: float) -> LeanBinding | None:
         error = msg.get(ERROR_CODE)
@@ -586,6 +594,7 @@ class _Memo:
 
 
 _new_object = object.__new__
+_SPLIT_IDS = struct.Struct("12s" * 256).unpack  # 256 transaction IDs out of one draw
 
 
 def encode_fingerprint(data: bytes) -> bytes:

@@ -235,6 +235,7 @@ class Endpoint:
     lean: BindingTable | None = None
     _local: Address | None = None
     _armed_at = math.inf
+    _unread = 0
 
     def __init__(self, client: StunClient) -> None:
         self.client = client
@@ -1089,6 +1090,7 @@ class StunClient:
             return
         if timeout is None and type(txn.event) is TimedOut:
             self.rto_cache.timed_out(server.host)  # (answers fed it in the table)
+            table.rto_hints.pop(server.host, None)
 
     async def _wait_slot(self, server: Address) -> None:
         waiter = anyio.Event()
@@ -1375,22 +1377,24 @@ class StunClient:
                     await self._take_slot(target)
                 # _lean_start, inline
                 now = self._clock()
-                rto = self.rto_cache.rto_for(target.host, now)
+                host = target.host
+                hint = table.rto_hints.get(host)
+                if hint is not None and now < hint[1]:
+                    rto = hint[0]
+                else:
+                    rto = self.rto_cache.rto_for(host, now)
                 if timeout is not None:
                     rto = min(rto, max(0.05, timeout / 3))
                 txn = table.start(target, now, rto, timeout)
                 txn.waiter = fut = self._new_future()
-                if type(used) is UdpEndpoint:  # UdpEndpoint.lean_send, inline
-                    try:
-                        used.sock.sendto(txn.data, target)
-                    except OSError:
-                        used.lean_send(txn)  # it says what to do about it
-                    else:
-                        used._unread += 1
-                        if used._unread >= 64:
-                            used._drain()
+                try:  # UdpEndpoint.lean_send, inline (only UdpEndpoints have a table)
+                    used.sock.sendto(txn.data, target)  # type: ignore[attr-defined]
+                except OSError:
+                    used.lean_send(txn)  # it says what to do about it
                 else:
-                    used.lean_send(txn)
+                    used._unread += 1
+                    if used._unread >= 64:
+                        used._drain()  # type: ignore[attr-defined]
                 if txn.due < used._armed_at:
                     used.lean_arm(txn.due)
                 try:
