@@ -421,3 +421,14 @@ def test_len_iter_and_repr() -> None:
     assert txn.tid.hex() in repr(txn) and "due" in repr(txn)
     t.cancel(txn)
     assert "done" in repr(txn) and len(t) == 0
+
+
+def test_rto_hints_follow_the_samples() -> None:
+    cache = RtoCache(initial=0.5, min_rto=0.001)
+    t = table(rto_cache=cache)
+    assert t.rto_hints == {}
+    txn = t.start(SERVER, 10.0, 0.5)
+    deliver(t, success(txn.tid), SERVER, 10.02)
+    rto, until = t.rto_hints[SERVER.host]
+    assert rto == cache.rto_for(SERVER.host, 10.02) < 0.5
+    assert until == pytest.approx(11.02)  # trusted for a second after the sample

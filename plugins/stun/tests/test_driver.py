@@ -488,3 +488,20 @@ async def test_own_sockets_get_a_large_receive_buffer(settings: ClientSettings) 
         endpoint = await client.add_socket(4, host="127.0.0.1")
         size = endpoint.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     assert size >= min(RECEIVE_BUFFER, cap)
+
+
+async def test_a_timeout_drops_the_rto_estimate(coturn: Coturn, settings: ClientSettings) -> None:
+    """RFC 8489 §6.2.1: an RTO learnt from answers is not kept after a timeout (the lean
+    path's per-socket hint goes with the cache entry)."""
+    with _silent_socket() as silent:
+        async with StunClient.open(settings) as client:
+            endpoint = await client.endpoint_for(4)
+            await client.binding(coturn.uri, endpoint=endpoint)
+            assert len(client.rto_cache) == 1
+            if endpoint.lean is not None:
+                assert "127.0.0.1" in endpoint.lean.rto_hints
+            exchange = await client.request(c.Address(*silent.getsockname()), endpoint=endpoint)
+            assert isinstance(exchange.event, TimedOut)
+            assert len(client.rto_cache) == 0
+            if endpoint.lean is not None:
+                assert "127.0.0.1" not in endpoint.lean.rto_hints
