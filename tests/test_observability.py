@@ -256,6 +256,69 @@ async def test_transaction_spans_say_how_they_ended(nattrav_telemetry: Telemetry
     assert "error.type" not in cancelled.attributes
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_method_is_heard_only_once_it_won(
+    nattrav_telemetry: TelemetryProbe, tmp_path: Path
+) -> None:
+    """Lease events an attempt emits before the chain announces it (a renewal while a better
+    method is still given its grace, a loser's keep-alive) are held back: listeners, metrics
+    and logs see ``acquired`` first, then the held-back events, and nothing from losers."""
+    from contextlib import asynccontextmanager
+
+    from nattrav.method import Acquisition
+    from nattrav.models import Candidate, CandidateKind, Reachability, TransportAddress
+    from nattrav.plugins import module_plugin
+    from nattrav.testing import FakeMethod
+
+    class Chatty:
+        """Renews at once, before the chain has decided (a short lease)."""
+
+        def __init__(self, name: str, port: int) -> None:
+            self.name, self.port = name, port
+
+        def __call__(self) -> Chatty:
+            return self
+
+        @asynccontextmanager
+        async def acquire(self, ctx: Any) -> Any:
+            candidate = Candidate(
+                CandidateKind.RELAYED,
+                TransportAddress("203.0.113.1", self.port),
+                self.name,
+                reachability=Reachability.proven("test"),
+            )
+            ctx.emit(LeaseEvent(LeaseEventKind.RENEWED, self.name, candidate.address))
+            yield Acquisition(candidate)
+
+    better = FakeMethod("mapped", "fail", delay=0.3, kind=CandidateKind.PORT_MAPPED)
+
+    def register(registry: Any) -> None:
+        registry.add(better, name="mapped", priority=1, kind=CandidateKind.PORT_MAPPED)
+        for n, name in enumerate(("relay-a", "relay-b")):
+            registry.add(Chatty(name, 50000 + n), name=name, priority=2 + n,
+                         kind=CandidateKind.RELAYED)  # fmt: skip
+
+    config = structure_config(
+        {"state_dir": str(tmp_path), "chain": {"stagger": 0.0, "fallback_grace": 1.0}}
+    )
+    host = PluginHost.load(
+        config, entry_points=[], builtins=False, disabled=(),
+        extra=[("fakes", module_plugin("fakes", nattrav_register_methods=register))],
+    )  # fmt: skip
+    runtime = Runtime(host, telemetry=nattrav_telemetry.telemetry)
+    heard: list[tuple[str, str]] = []
+    request = TraversalRequest(port=0, families=V4)
+    async with runtime.chain().run(
+        request, on_event=lambda e: heard.append((e.kind.value, e.method))
+    ) as held:
+        assert held.result.method == "relay-a"
+        records = {a.method: a for a in held.result.attempts}
+        # relay-b ran too (and renewed) but lost: released, never heard
+        assert records["relay-b"].outcome.value == "cancelled", records["relay-b"]
+    assert heard == [("acquired", "relay-a"), ("renewed", "relay-a"), ("released", "relay-a")]
+    assert not points(nattrav_telemetry, "nattrav.lease.events", method="relay-b")
+
+
 # --------------------------------------------------------------------------- CLI: Prometheus
 
 

@@ -87,6 +87,8 @@ __all__ = ["Chain", "Gathered", "Held", "assemble"]
 
 #: How long the chain waits for a losing or released method to let go of what it held.
 RELEASE_BOUND = 10.0
+#: Lease events kept per attempt until it is announced (more would be a method's bug).
+_HELD_BACK_MAX = 64
 
 
 def assemble(
@@ -229,6 +231,23 @@ class Chain:
             if on_event is not None:
                 on_event(event)
 
+        # An attempt's own events (a renewal while the chain still waits for a better method,
+        # a loser's keep-alive) are held back until it is announced ACQUIRED, then replayed:
+        # whoever listens sees "acquired" first, and nothing from attempts that lost.
+        held_back: dict[int, list[LeaseEvent]] = {}
+        announced: set[int] = set()
+
+        def attempt_emit(index: int) -> Callable[[LeaseEvent], None]:
+            def emit_attempt(event: LeaseEvent) -> None:
+                if index in announced:
+                    emit(event)
+                    return
+                queue = held_back.setdefault(index, [])
+                if len(queue) < _HELD_BACK_MAX:
+                    queue.append(event)
+
+            return emit_attempt
+
         events_send, events_recv = anyio.create_memory_object_stream[_Attempt](2 * len(specs) + 2)
         attempts: list[_Attempt] = []
         winner: _Attempt | None = None
@@ -246,7 +265,14 @@ class Chain:
                 async with anyio.create_task_group() as tg:
                     with trace.use_span(chain_span, end_on_exit=False):
                         winner = await self._decide(
-                            tg, specs, attempts, request, sockets, emit, events_send, events_recv
+                            tg,
+                            specs,
+                            attempts,
+                            request,
+                            sockets,
+                            attempt_emit,
+                            events_send,
+                            events_recv,
                         )
                         records = tuple(_final_record(a, winner) for a in attempts)
                         if winner is None or winner.acquisition is None:
@@ -277,6 +303,10 @@ class Chain:
                                 _acquired_details(result.candidate),
                             )
                         )
+                        announced.add(winner.index)
+                        for event in held_back.pop(winner.index, []):
+                            emit(event)
+                        held_back.clear()
                         try:
                             yield Held(result, winner.acquisition.channel)
                         finally:
@@ -428,7 +458,7 @@ class Chain:
         attempts: list[_Attempt],
         request: TraversalRequest,
         sockets: Any,
-        emit: Callable[[LeaseEvent], None],
+        emit_for: Callable[[int], Callable[[LeaseEvent], None]],
         events_send: MemoryObjectSendStream[_Attempt],
         events_recv: MemoryObjectReceiveStream[_Attempt],
     ) -> _Attempt | None:
@@ -455,7 +485,7 @@ class Chain:
             attempt = _Attempt(index, specs[index])
             attempt.started_at = anyio.current_time()
             attempts.append(attempt)
-            ctx = self._context(request, attempt.spec, sockets, emit)
+            ctx = self._context(request, attempt.spec, sockets, emit_for(index))
             tg.start_soon(self._attempt, attempt, ctx, events_send.clone(), tg.cancel_scope)
 
         winner: _Attempt | None = None
