@@ -492,6 +492,63 @@ async def test_a_relay_waits_fallback_grace_for_a_port_mapping_still_running() -
             assert loser.outcome is AttemptOutcome.CANCELLED
 
 
+class _HangingVerifier:
+    """A verifier whose proof never comes (every probe lost): the chain's bound ends it, and
+    winding down takes a moment (a loaded machine: closing its sockets, logging)."""
+
+    async def verify(self, candidate: Any, ctx: Any) -> Reachability | None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0.1)
+        raise AssertionError("unreachable")
+
+
+async def test_a_mapping_whose_proof_runs_to_its_bound_still_beats_a_relay() -> None:
+    """A mapping in hand whose verification runs out its whole bound (a lossy link ate every
+    probe) is still waited for: the verifier's timeout and the chain's deadline expire
+    together, and the relay must not win that tie while the attempt winds its verifier down.
+    ``fallback_grace`` 0 leaves the verification bound as the only thing holding the relay
+    back."""
+
+    def register(registry: Any) -> None:
+        registry.add(mapped, name="upnp", priority=40, kind=mapped.kind)
+        registry.add(relay, name="relay", priority=90, kind=relay.kind)
+
+    def verifiers(registry: VerifierRegistry) -> None:
+        registry.add(_HangingVerifier, name="v", kinds={CandidateKind.PORT_MAPPED})
+
+    mapped = FakeMethod("upnp", kind=CandidateKind.PORT_MAPPED, inbound=Inbound.YES)
+    relay = FakeMethod("relay", kind=CandidateKind.RELAYED, inbound=Inbound.YES, delay=0.02)
+    host = PluginHost.load(
+        structure_config(
+            {
+                "chain": {
+                    "stagger": 0.0,
+                    "grace": 0.0,
+                    "fallback_grace": 0.0,
+                    "verify_window": 0.05,
+                }
+            }
+        ),
+        entry_points=[],
+        builtins=False,
+        disabled=(),
+        extra=[
+            ("fakes", module_plugin("fakes", nattrav_register_methods=register)),
+            ("ver", module_plugin("ver", nattrav_register_verifiers=verifiers)),
+        ],
+    )
+    t0 = anyio.current_time()
+    async with Runtime(host).chain().run(TraversalRequest()) as held:
+        took = anyio.current_time() - t0
+        assert held.result.method == "upnp", [(a.method, a.reason) for a in held.result.attempts]
+        assert not held.result.candidate.reachability.verified  # the claim, unproven
+        assert 0.19 < took < 2.0  # waited out the 4 x 0.05 s bound, not more than the slack
+    assert relay.released
+
+
 async def test_same_kind_success_waits_only_grace() -> None:
     slow = FakeMethod("a", kind=CandidateKind.PORT_MAPPED, delay=0.6)
     fast = FakeMethod("b", kind=CandidateKind.PORT_MAPPED)

@@ -24,11 +24,10 @@ Strategies:
   kind than what a running attempt would give (a relay waits a little for a port mapping: a
   relay is the last resort, and a mapping that is about to succeed is worth a second). A
   better attempt that already holds its candidate and is only verifying it gets until its
-  verification ends (bounded: 4 verify windows per verifier), so a slow proof over a lossy
-  link does not hand the win to a relay. Losers
-  still acquiring are cancelled; losers that already acquired are told to release. Attempts
-  never started are recorded as skipped, so the result explains why each better method did
-  not win.
+  verification ends (bounded: 4 verify windows per verifier, plus 0.5 s to report), so a slow
+  proof over a lossy link does not hand the win to a relay. Losers still acquiring are
+  cancelled; losers that already acquired are told to release. Attempts never started are
+  recorded as skipped, so the result explains why each better method did not win.
 
 With the ``reachable`` goal, a candidate that does not accept unsolicited inbound traffic
 (a server-reflexive address behind a filtering NAT) is recorded as ``insufficient`` and kept in
@@ -87,6 +86,10 @@ __all__ = ["Chain", "Gathered", "Held", "assemble"]
 
 #: How long the chain waits for a losing or released method to let go of what it held.
 RELEASE_BOUND = 10.0
+# How long past its verification bound a verifying attempt is still waited for: the verifier's
+# own timeout and the coordinator's deadline expire at the same instant, and on a loaded machine
+# the attempt needs a moment to report the acquisition it holds.
+VERIFY_SLACK = 0.5
 #: Lease events kept per attempt until it is announced (more would be a method's bug).
 _HELD_BACK_MAX = 64
 
@@ -505,6 +508,7 @@ class Chain:
                 # in hand, its proof slowed by a lossy link) may finish: verification is
                 # bounded, and a mapping beats a relay.
                 verifying = max((a.verifying_until for a in better), default=-math.inf)
+                verifying += VERIFY_SLACK
                 deadline = max(grace_deadline, verifying)
                 if (not better and not hopeful) or now >= deadline:
                     winner = best
