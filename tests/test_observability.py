@@ -57,7 +57,7 @@ def lab_config(lab: Any, state_dir: Path, **extra: Any) -> Any:
         "chain": {"stagger": 0.1},
         "breaker": {"threshold": 1},
         "plugins": {
-            "stun": {"servers": [f"{host4}:{port4}", DEAD_STUN], "compare_wait": 0.5},
+            "stun": {"servers": [f"{host4}:{port4}", DEAD_STUN], "compare_wait": 0.05},
             "upnp": {"lease": 4, "pinholes": False},
             "natpmp": {"families": [4]},
             "relay": {

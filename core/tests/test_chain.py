@@ -549,6 +549,40 @@ async def test_a_mapping_whose_proof_runs_to_its_bound_still_beats_a_relay() -> 
     assert relay.released
 
 
+class _Proving(FakeMethod):
+    """Holds its candidate at once and spends ``delay`` proving it (STUN's filtering probe)."""
+
+    def acquire(self, ctx: Any) -> Any:
+        ctx.proving()
+        return super().acquire(ctx)
+
+
+@pytest.mark.parametrize("strategy", ["race", "sequential"])
+async def test_an_attempt_that_is_only_proving_does_not_hold_the_next_one_back(
+    strategy: str,
+) -> None:
+    """Racing, the stagger holds back the next method only while the running one is still
+    connecting: a method that said ``ctx.proving()`` lets the next one start at once. In
+    ``sequential`` order nothing changes: the next starts when the previous one ended."""
+    proving = _Proving("stun", delay=0.5, inbound=Inbound.NO)  # insufficient after its proof
+    mapped = FakeMethod("upnp", kind=CandidateKind.PORT_MAPPED)
+    rt = runtime_for(
+        (proving, 20),
+        (mapped, 40),
+        chain={"strategy": strategy, "stagger": 0.3, "grace": 0.05, "verify": False},
+    )
+    t0 = anyio.current_time()
+    async with rt.chain().run(TraversalRequest()) as held:
+        took = anyio.current_time() - t0
+        assert held.result.method == "upnp"
+        if strategy == "race":
+            assert took < 0.25  # not after the 0.3 s stagger, not after the 0.5 s proof
+            assert held.result.attempts[0].outcome is AttemptOutcome.CANCELLED
+        else:
+            assert took >= 0.5
+            assert held.result.attempts[0].outcome is AttemptOutcome.INSUFFICIENT
+
+
 async def test_same_kind_success_waits_only_grace() -> None:
     slow = FakeMethod("a", kind=CandidateKind.PORT_MAPPED, delay=0.6)
     fast = FakeMethod("b", kind=CandidateKind.PORT_MAPPED)

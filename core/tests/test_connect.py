@@ -30,6 +30,16 @@ class LoopSignal:
         return self.sent[-1]
 
 
+class RequestRecorder(FakeMethod):
+    """A fake reflexive method that remembers what the chain asked it for."""
+
+    requests: list[Any] = []
+
+    def acquire(self, ctx: Any) -> Any:
+        RequestRecorder.requests.append(ctx.request)
+        return super().acquire(ctx)
+
+
 class RecordingConnector:
     seen: dict[str, Any] = {}
 
@@ -43,6 +53,7 @@ class RecordingConnector:
             "role": role,
             "port": sockets.port,
             "offer": await signal.receive(),
+            "mux_families": sockets.families,
         }
         yield "connection"
 
@@ -50,7 +61,7 @@ class RecordingConnector:
 def runtime(tmp_path: Path, *, with_connector: bool = True) -> Runtime:
     def methods(registry: Any) -> None:
         registry.add(
-            FakeMethod("srflx", inbound=Inbound.NO),
+            RequestRecorder("srflx", inbound=Inbound.NO),
             name="srflx",
             priority=20,
             kind=CandidateKind.SERVER_REFLEXIVE,
@@ -93,5 +104,28 @@ async def test_connect_without_a_connector_says_what_to_install(tmp_path: Path) 
     with pytest.raises(MethodUnavailable, match="install nattrav-p2p"):
         async with connect(
             LoopSignal(), role="answer", runtime=runtime(tmp_path, with_connector=False)
+        ):
+            pass
+
+
+async def test_connect_families_limit_the_port_and_the_gathering(tmp_path: Path) -> None:
+    """``families=(4,)`` opens the port on IPv4 only and asks the methods for IPv4 only (a
+    host whose IPv6 is known to be broken); the default keeps both."""
+    async with connect(LoopSignal(), role="offer", runtime=runtime(tmp_path), families=(4,)):
+        pass
+    assert RecordingConnector.seen["mux_families"] == frozenset({4})
+    assert RequestRecorder.requests[-1].families == frozenset({4})
+    async with connect(LoopSignal(), role="offer", runtime=runtime(tmp_path)):
+        pass
+    assert RequestRecorder.requests[-1].families == frozenset({4, 6})
+
+
+@pytest.mark.parametrize("families", [(), (5,), (4, 17)])
+async def test_connect_refuses_families_other_than_4_and_6(
+    tmp_path: Path, families: tuple[int, ...]
+) -> None:
+    with pytest.raises(ValueError, match="families must be a non-empty subset"):
+        async with connect(
+            LoopSignal(), role="offer", runtime=runtime(tmp_path), families=families
         ):
             pass

@@ -20,9 +20,9 @@ Strategies:
 * ``race`` (default, RFC 8305 in spirit): start the next method when the previous ones failed or
   after ``stagger`` seconds, whichever is first. When a success arrives, it wins at once if no
   better-priority attempt is still running; otherwise it waits at most ``grace`` seconds for one
-  of them to succeed, or ``fallback_grace`` seconds when the success is of a worse candidate
-  kind than what a running attempt would give (a relay waits a little for a port mapping: a
-  relay is the last resort, and a mapping that is about to succeed is worth a second). A
+  of them to succeed, or ``fallback_grace`` seconds when the success is a relay and a running
+  attempt would give a better kind (a relay waits a little for a port mapping: a relay is the
+  last resort, and a mapping that is about to succeed is worth a second). A
   better attempt that already holds its candidate and is only verifying it gets until its
   verification ends (bounded: 4 verify windows per verifier, plus 0.5 s to report), so a slow
   proof over a lossy link does not hand the win to a relay. Losers still acquiring are
@@ -163,6 +163,8 @@ class _Attempt:
     failure: MethodError | None = None  # the held endpoint was lost for good
     #: while the attempt's candidate is being verified: when that verification must end
     verifying_until: float = -math.inf
+    #: the method said it holds its candidate and is only proving it (``ctx.proving()``)
+    proving: bool = False
 
 
 class Chain:
@@ -409,6 +411,7 @@ class Chain:
         spec: MethodSpec | PathProbeSpec,
         sockets: Any,
         emit: Callable[[LeaseEvent], None],
+        proving: Callable[[], None] | None = None,
     ) -> AttemptContext:
         return AttemptContext(
             request=request,
@@ -418,6 +421,7 @@ class Chain:
             breakers=self.breakers,
             telemetry=self.telemetry,
             emit=emit,
+            proving=proving or (lambda: None),
             journal=self.journal,
             pluginmanager=self.hooks.pluginmanager if self.hooks is not None else None,
         )
@@ -488,7 +492,13 @@ class Chain:
             attempt = _Attempt(index, specs[index])
             attempt.started_at = anyio.current_time()
             attempts.append(attempt)
-            ctx = self._context(request, attempt.spec, sockets, emit_for(index))
+
+            def proving() -> None:
+                if not attempt.proving:
+                    attempt.proving = True
+                    _poke(events_send, attempt)
+
+            ctx = self._context(request, attempt.spec, sockets, emit_for(index), proving)
             tg.start_soon(self._attempt, attempt, ctx, events_send.clone(), tg.cancel_scope)
 
         winner: _Attempt | None = None
@@ -513,7 +523,14 @@ class Chain:
                 if (not better and not hopeful) or now >= deadline:
                     winner = best
                     break
-                worse = bool(hopeful) or any(a.spec.kind.preference < kind for a in better)
+                # Only a relay (the last resort, with a per-byte cost) waits the longer
+                # ``fallback_grace`` for a better kind. A mapping does not wait for a reflexive
+                # candidate's filtering proof: once a mapping of the port is held, that proof
+                # cannot tell the NAT's filtering apart from the mapping, and a mapping is
+                # reachable by anyone anyway.
+                worse = best.acquisition.candidate.kind is CandidateKind.RELAYED and (
+                    bool(hopeful) or any(a.spec.kind.preference < kind for a in better)
+                )
                 wait = self.config.chain.fallback_grace if worse else self.config.chain.grace
                 grace_deadline = min(grace_deadline, now + wait)
                 deadline = max(grace_deadline, verifying)
@@ -524,8 +541,13 @@ class Chain:
                 nxt = next((i for i in hopeful if not busy(specs[i].group)), None)
             if nxt is None and not running:
                 break
+            # Racing, only attempts still connecting hold the next one back (RFC 8305's
+            # stagger); one that holds its candidate and is only proving it does not.
+            connecting = running
+            if strategy == "race":
+                connecting = any(a.running and not a.proving for a in attempts)
             if nxt is not None and (
-                best is not None or not running or now >= last_launch + stagger or nxt in overdue
+                best is not None or not connecting or now >= last_launch + stagger or nxt in overdue
             ):
                 launch(nxt)
                 last_launch = now
@@ -758,6 +780,7 @@ class Chain:
             ):
                 with retry:
                     tries += 1
+                    attempt.proving = False  # a new try is connecting again
                     if self.hooks:
                         self.hooks.attempt_started(spec.name, ctx.request, tries)
                     method = spec.factory()

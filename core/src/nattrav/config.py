@@ -76,9 +76,9 @@ class ChainConfig:
     ``order`` lists methods to try first, in that order (the rest follow by priority);
     ``disabled`` removes methods. ``stagger`` is the race strategy's delay before starting the
     next method; ``grace`` is how long a success waits for a better-priority method still
-    running, and ``fallback_grace`` how long it waits when that method would give a better
-    kind of endpoint (a relay waiting for a port mapping). ``verify`` asks installed verifiers
-    to prove inbound reachability.
+    running, and ``fallback_grace`` how long a relay's success waits when that method would
+    give a better kind of endpoint (a port mapping, a reflexive address). ``verify`` asks
+    installed verifiers to prove inbound reachability.
     """
 
     strategy: Strategy = "race"

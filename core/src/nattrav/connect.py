@@ -18,7 +18,7 @@ mappings (plugins ship ready ones through ``nattrav_register_signalers``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -68,10 +68,14 @@ async def connect(
     config: Config | str | None = None,
     gather_timeout: float = 5.0,
     connector: str | None = None,
+    families: Iterable[int] = (4, 6),
 ) -> AsyncIterator[Connection]:
     """Connect to the peer on the other end of ``signal`` by the best path both networks allow.
 
-    ``role`` is ``"offer"`` on one side and ``"answer"`` on the other. Raises
+    ``role`` is ``"offer"`` on one side and ``"answer"`` on the other. ``families`` limits the
+    IP families the port is opened on, candidates are gathered for and paths are tried over
+    (``(4,)`` when IPv6 is known to be broken; the connector may narrow it further by its own
+    configuration, never widen it). Raises ``ValueError`` for families other than 4 and 6,
     ``MethodUnavailable`` when no connector plugin is installed, and the connector's errors
     (``ChainExhausted``-like ``NatTravError`` subclasses) when no path works.
     """
@@ -88,8 +92,10 @@ async def connect(
         )
     from nattrav.datagram import DatagramMux
 
-    request = TraversalRequest(port=port, transport=Transport.UDP, goal=Goal.ANY)
-    async with DatagramMux.open(port) as mux:
+    request = TraversalRequest(
+        port=port, transport=Transport.UDP, goal=Goal.ANY, families=frozenset(families)
+    )
+    async with DatagramMux.open(port, families=request.families) as mux:
         chain = rt.chain()
         async with chain.gather(request, sockets=mux, timeout=gather_timeout) as gathered:
             async with spec.factory().connect(

@@ -73,7 +73,10 @@ class AttemptContext:
     they discover is the one the application's traffic will use. ``emit`` reports lease events
     (renewed, lost, recovered) to whoever holds the endpoint. ``breakers`` gives per-server
     circuit breakers; ``telemetry`` opens spans for protocol transactions. ``settings`` is this
-    method's own configuration table.
+    method's own configuration table. ``proving`` is called by a method that holds its
+    candidate and spends the rest of the attempt proving its reachability (STUN's RFC 5780
+    filtering probe): the race then starts the next method at once instead of after
+    ``stagger``, since the slow part is no longer a connection attempt.
     """
 
     request: TraversalRequest
@@ -83,6 +86,7 @@ class AttemptContext:
     breakers: BreakerBoard | None = None
     telemetry: Telemetry | None = None
     emit: Callable[[LeaseEvent], None] = attrs.field(default=lambda _event: None)
+    proving: Callable[[], None] = attrs.field(default=lambda: None)
     journal: Journal | None = None
     #: For path probes: the chosen endpoint's channel when its traffic does not flow over
     #: ``sockets`` (a relay allocation), so the path can be probed through it.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -53,6 +53,13 @@ def _normalise_ip(value: str) -> str:
 def _check_port(_inst: object, _attr: attrs.Attribute[int], value: int) -> None:
     if not 0 <= value <= 65535:
         raise ValueError(f"port {value} out of range 0-65535")
+
+
+def _to_families(value: Iterable[int]) -> frozenset[int]:
+    families = frozenset(value)
+    if not families or not families <= {4, 6}:
+        raise ValueError(f"families must be a non-empty subset of {{4, 6}}, got {sorted(families)}")
+    return families
 
 
 @attrs.frozen(order=True)
@@ -207,7 +214,7 @@ class TraversalRequest:
     transport: Transport = Transport.UDP
     goal: Goal = Goal.REACHABLE
     lifetime: float = 3600.0
-    families: frozenset[int] = frozenset({4, 6})
+    families: frozenset[int] = attrs.field(default=frozenset({4, 6}), converter=_to_families)
     description: str = "nattrav"
 
 

@@ -88,6 +88,8 @@ def test_connect_through_the_rendezvous_server(lab_factory: Any, tmp_path: Path)
                     "--json",
                     "--linger",
                     "2",
+                    "--family",
+                    "4" if role == "a" else "both",
                 ],
                 stdin=stdin,
                 stdout=subprocess.PIPE,
@@ -105,6 +107,7 @@ def test_connect_through_the_rendezvous_server(lab_factory: Any, tmp_path: Path)
         assert peers[role].returncode == 0, err.decode()
         connected = [e for e in events if e["event"] == "connected"]
         assert connected and connected[0]["path"]["kind"] == "punched", err.decode()
+        assert not connected[0]["path"]["local"].startswith("["), connected  # a: --family 4
         assert out.decode() == f"hello from {other}\n"
         closed = [e for e in events if e["event"] == "closed"]
         assert closed and closed[0]["stats"]["datagrams_received"] == 1

@@ -41,6 +41,12 @@ def configure_connect(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gather-timeout", type=float, default=5.0, help="seconds to gather candidates"
     )
+    parser.add_argument(
+        "--family",
+        choices=["4", "6", "both"],
+        default="both",
+        help="IP families to connect over (default both)",
+    )
 
 
 def configure_rendezvous(parser: argparse.ArgumentParser) -> None:
@@ -98,6 +104,7 @@ async def _connect(args: argparse.Namespace, cli: Any) -> int:
                 port=args.port,
                 runtime=runtime,
                 gather_timeout=args.gather_timeout,
+                families=(4, 6) if args.family == "both" else (int(args.family),),
             )
         )
         path = conn.path

@@ -379,6 +379,7 @@ class StunMethod:
             primary = primary_answer.result
             assert primary is not None
             if cfg.filtering_probe:
+                ctx.proving()  # the mapped address is in hand; the rest is proof
                 reachability, probe = await filtering_probe(
                     client, primary, endpoint, cfg.probe_window, mux, ctx
                 )
