@@ -216,6 +216,65 @@ def test_plugin_commands_and_options_are_wired() -> None:
     assert seen["servers"] == ["192.0.2.1:1"]  # the runtime was rebuilt with the flag applied
 
 
+def _command_plugin(calls: list[str], *, raises: bool = False) -> tuple[str, object]:
+    """A plugin with a command ``echo`` (its setup recorded in ``calls``) and an option
+    ``--target`` on ``map`` and ``echo``, where the command's own ``--target`` must win."""
+
+    def commands(registry: Any) -> None:
+        def configure(parser: Any) -> None:
+            calls.append("configure")
+            if raises:
+                raise RuntimeError("setup exploded")
+            parser.add_argument("--target", default="own")
+
+        def run_echo(args: Any, cli: Any) -> int:
+            cli.line(f"target={getattr(args, 'target', None)}")
+            return 0
+
+        registry.add("echo", help="echo a target", configure=configure, run=run_echo)
+
+    def options(registry: Any) -> None:
+        registry.add(
+            "--target", commands=("map", "echo"), apply=lambda value, raw: None, help="option"
+        )
+
+    return "echo", module_plugin(
+        "echo", nattrav_register_commands=commands, nattrav_register_options=options
+    )
+
+
+def test_plugin_commands_are_set_up_only_when_used(capsys: pytest.CaptureFixture[str]) -> None:
+    """Setting up a command imports its plugin's CLI module: other commands (``plugins
+    list``, ``--help``) must not pay for it, the command itself and its help must."""
+    calls: list[str] = []
+    plugin = _command_plugin(calls)
+    code, out, _ = run(["plugins", "list", "--json"], plugin)
+    assert code == 0 and json.loads(out)["plugins"]
+    assert main(["--help"], extra_plugins=[plugin]) == 0
+    assert "echo a target" in capsys.readouterr().out
+    assert calls == []
+    code, out, err = run(["echo", "--target", "there"], plugin)
+    assert code == 0, err
+    assert out == "target=there\n" and calls == ["configure"]
+    # The command's own --target wins over the plugin option of the same name, as before.
+    code, out, _ = run(["echo"], plugin)
+    assert out == "target=own\n"
+    assert main(["echo", "--help"], extra_plugins=[plugin]) == 0
+    assert "--target" in capsys.readouterr().out
+    assert main(["map", "--help"], extra_plugins=[plugin]) == 0
+    assert "--target" in capsys.readouterr().out  # a plugin option on a core command
+
+
+def test_a_failing_command_setup_is_a_warning_not_a_crash() -> None:
+    calls: list[str] = []
+    plugin = _command_plugin(calls, raises=True)
+    code, out, _ = run(["plugins", "list"], plugin)
+    assert code == 0 and calls == []
+    code, out, _ = run(["echo"], plugin)
+    assert calls == ["configure"]
+    assert code == 0 and out == "target=None\n"  # run anyway, without the command's flag
+
+
 def test_reserved_command_names_break_the_plugin() -> None:
     def commands(registry: Any) -> None:
         registry.add("map", help="x", configure=lambda p: None, run=lambda a, c: 0)

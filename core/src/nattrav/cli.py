@@ -12,18 +12,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import inspect
-import json
 import logging
 import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from nattrav.config import Config, load_raw, merge, structure_config
 from nattrav.errors import ChainExhausted, ConfigError, MethodError, NatTravError
 from nattrav.plugins import PluginHost, PluginRecord
+
+if TYPE_CHECKING:
+    from nattrav.registry import CommandSpec, OptionSpec
 
 __all__ = ["Cli", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "main", "plugins_main", "prepare"]
 
@@ -37,7 +40,39 @@ class UsageError(NatTravError):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that raises instead of exiting, so main() owns every exit code."""
+    """argparse that raises instead of exiting, so main() owns every exit code.
+
+    A subcommand's parser can be set up later (``defer``): the steps run when that parser
+    parses its arguments or shows its help. Setting up a plugin's command imports the plugin's
+    CLI module (and what it needs: ssl, the lab's plans...), and every CLI start would pay that
+    for every installed plugin although one invocation runs one command.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deferred: list[Callable[[argparse.ArgumentParser], None]] = []
+
+    def defer(self, step: Callable[[argparse.ArgumentParser], None]) -> None:
+        """Run ``step(self)`` before this parser is first used (steps run in order)."""
+        self._deferred.append(step)
+
+    def _set_up(self) -> None:
+        while self._deferred:
+            self._deferred.pop(0)(self)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self._set_up()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        self._set_up()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self._set_up()
+        return super().format_help()
 
     def error(self, message: str) -> Any:
         raise UsageError(f"{self.prog}: {message}")
@@ -230,6 +265,7 @@ def cmd_map(args: argparse.Namespace, cli: Cli) -> int:
 
 
 async def _map(args: argparse.Namespace, cli: Cli) -> int:
+    import json
 
     from nattrav.models import Goal, LeaseEvent, Transport, TraversalRequest
     from nattrav.serialize import to_jsonable
@@ -619,25 +655,34 @@ def _build_parser(host: PluginHost, prog: str = "nattrav") -> _Parser:
     _add_json(cp)
     cp.set_defaults(handler=cmd_cleanup)
 
+    # Plugin commands are set up only when they run (or show their help): see _Parser.
     for spec in sorted(host.commands, key=lambda s: s.name):
         cp = sub.add_parser(spec.name, help=spec.help)
         _add_json(cp)
-        try:
-            spec.configure(cp)
-        except Exception as exc:  # a plugin's argument setup must not break the CLI
-            logging.getLogger("nattrav").warning("plugin command %s: %s", spec.name, exc)
-        cp.set_defaults(handler=spec.run)
+        cp.defer(functools.partial(_configure_plugin_command, spec))
         core_parsers[spec.name] = cp
 
     for opt in host.options:
         for name in opt.commands:
             target = core_parsers.get(name)
             if target is not None:
-                try:
-                    target.add_argument(*opt.flags, **dict(opt.kwargs))
-                except argparse.ArgumentError:
-                    pass
+                target.defer(functools.partial(_add_plugin_option, opt))
     return parser
+
+
+def _configure_plugin_command(spec: CommandSpec, parser: argparse.ArgumentParser) -> None:
+    try:
+        spec.configure(parser)
+    except Exception as exc:  # a plugin's argument setup must not break the CLI
+        logging.getLogger("nattrav").warning("plugin command %s: %s", spec.name, exc)
+    parser.set_defaults(handler=spec.run)
+
+
+def _add_plugin_option(opt: OptionSpec, parser: argparse.ArgumentParser) -> None:
+    try:
+        parser.add_argument(*opt.flags, **dict(opt.kwargs))
+    except argparse.ArgumentError:
+        pass  # the command already has this flag: its own wins
 
 
 def _add_globals(parser: argparse.ArgumentParser) -> None:
@@ -674,6 +719,8 @@ class _JsonFormatter(logging.Formatter):
     """One JSON object per record, with the ``nattrav.*`` attributes the spans carry."""
 
     def format(self, record: logging.LogRecord) -> str:
+        import json
+
         data: dict[str, Any] = {
             "time": round(record.created, 3),
             "level": record.levelname.lower(),

@@ -14,7 +14,6 @@ config keys (they control loading and the CLI).
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -23,10 +22,11 @@ import attrs
 
 from nattrav.errors import ConfigError
 from nattrav.models import Goal
-from nattrav.resilience import BreakerPolicy, RetryPolicy
 
 if TYPE_CHECKING:
     import cattrs
+
+    from nattrav.resilience import BreakerPolicy, RetryPolicy
 
 __all__ = [
     "ChainConfig",
@@ -103,6 +103,8 @@ class RetryConfig:
     wait_jitter: float = attrs.field(default=0.1, validator=_non_negative)
 
     def policy(self) -> RetryPolicy:
+        from nattrav.resilience import RetryPolicy
+
         return RetryPolicy(self.attempts, self.wait_initial, self.wait_max, self.wait_jitter)
 
 
@@ -116,6 +118,8 @@ class BreakerConfig:
     enabled: bool = True
 
     def policy(self) -> BreakerPolicy:
+        from nattrav.resilience import BreakerPolicy
+
         return BreakerPolicy(self.threshold, self.cooldown, self.max_cooldown, self.enabled)
 
 
@@ -284,6 +288,8 @@ def config_to_raw(config: Config) -> dict[str, Any]:
 
 
 def _env_value(text: str) -> Any:
+    import tomllib  # here, not at the top: most runs have no NATTRAV_* settings or file
+
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
@@ -333,6 +339,8 @@ def merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
 
 def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a TOML file, turning I/O and syntax errors into ``ConfigError``."""
+    import tomllib
+
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)

@@ -23,7 +23,7 @@ import logging
 import os
 import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pluggy
@@ -31,7 +31,6 @@ import pluggy
 from nattrav import hookspecs
 from nattrav.config import Config
 from nattrav.errors import ConfigError, PluginError
-from nattrav.models import AttemptRecord, LeaseEvent, TraversalRequest, TraversalResult
 from nattrav.registry import (
     CommandRegistry,
     ConnectorRegistry,
@@ -44,7 +43,10 @@ from nattrav.registry import (
     VerifierRegistry,
     _Registry,
 )
-from nattrav.resilience import BreakerPolicy, BreakerState, RetryPolicy
+
+if TYPE_CHECKING:
+    from nattrav.models import AttemptRecord, LeaseEvent, TraversalRequest, TraversalResult
+    from nattrav.resilience import BreakerPolicy, BreakerState, RetryPolicy
 
 __all__ = ["ENTRY_POINT_GROUP", "Hooks", "PluginHost", "PluginRecord", "PluginStatus"]
 
