@@ -31,7 +31,9 @@ def test_entry_point_registers_method_command_and_report_section() -> None:
     assert "natpmp" in host.commands and "natpmp" in host.report_sections
     from nattrav_natpmp.method import NatPmpMethod
 
-    assert isinstance(spec.factory(), NatPmpMethod)
+    first, second = spec.factory(), spec.factory()
+    assert isinstance(first, NatPmpMethod)
+    assert first.errors is second.errors  # PCP error lifetimes hold across a runtime's attempts
 
 
 def test_bad_config_marks_the_plugin_broken_with_every_problem() -> None:

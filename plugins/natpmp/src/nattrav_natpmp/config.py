@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 from nattrav.errors import ConfigError
-from nattrav.gateways import parse_gateway
 
 if TYPE_CHECKING:
     import cattrs
@@ -52,6 +51,10 @@ def _protocol(_inst: object, _a: attrs.Attribute[str], value: str) -> None:
 
 
 def _gateways(_inst: object, _a: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    if not value:
+        return  # the default: nothing to parse, and no need to import the gateway module
+    from nattrav.gateways import parse_gateway
+
     bad = []
     for text in value:
         try:

@@ -19,15 +19,19 @@ PRIORITY = 45
 def nattrav_register_methods(registry: MethodRegistry, config: Mapping[str, Any]) -> None:
     """Register ``natpmp`` (priority 45, port-mapped): PCP first, NAT-PMP fallback."""
     from nattrav_natpmp.config import load_settings
-    from nattrav_natpmp.lease import ErrorMemory
 
     settings = load_settings(config)
-    # Shared by this runtime's attempts so PCP error lifetimes hold across retries.
-    errors = ErrorMemory()
+    # One ErrorMemory shared by this runtime's attempts so PCP error lifetimes hold across
+    # retries; made by the first factory call (the lease module is not needed to register).
+    shared: dict[str, Any] = {}
 
     def factory() -> Any:
+        from nattrav_natpmp.lease import ErrorMemory
         from nattrav_natpmp.method import NatPmpMethod
 
+        errors = shared.get("errors")
+        if errors is None:
+            errors = shared["errors"] = ErrorMemory()
         return NatPmpMethod(settings, errors)
 
     registry.add(

@@ -27,13 +27,11 @@ import attrs
 from nattrav.addresses import parse_hostport
 from nattrav.errors import ConfigError
 
-from nattrav_pmtud.search import SearchSettings
-
-if TYPE_CHECKING:
-    from nattrav_pmtud.prober import ProbeCredentials
-
 if TYPE_CHECKING:
     import cattrs
+
+    from nattrav_pmtud.prober import ProbeCredentials
+    from nattrav_pmtud.search import SearchSettings
 
 __all__ = ["DEFAULT_PORT", "PmtudConfig", "load_config", "parse_target"]
 
@@ -86,6 +84,10 @@ class PmtudConfig:
 
     def search_settings(self, family: int, **overrides: Any) -> SearchSettings:
         """``SearchSettings`` for one family (``overrides`` replace fields, e.g. timeouts)."""
+        # Imported here: the search (eight attrs classes) is not needed to validate the table,
+        # which every CLI start does.
+        from nattrav_pmtud.search import SearchSettings
+
         values: dict[str, Any] = {
             "family": family,
             "base_plpmtu": self.base_ipv4 if family == 4 else self.base_ipv6,

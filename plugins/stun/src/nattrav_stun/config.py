@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import attrs
 from nattrav.errors import ConfigError
 
-from nattrav_stun.uri import ServerAddress, parse_server
-
 if TYPE_CHECKING:
     import cattrs
+
+    from nattrav_stun.uri import ServerAddress
 
 __all__ = [
     "DEFAULT_SERVERS",
@@ -152,6 +152,8 @@ class StunConfig:
         return DEFAULT_SERVERS if public_defaults_allowed() else ()
 
     def parsed_servers(self) -> list[ServerAddress]:
+        from nattrav_stun.uri import parse_server
+
         return [parse_server(s) for s in self.server_list()]
 
     def client_settings(self) -> Any:
@@ -172,6 +174,9 @@ class StunConfig:
 
 
 def _check(cfg: StunConfig) -> list[str]:
+    # Imported here: checking a table is the only part of registration that parses URIs.
+    from nattrav_stun.uri import parse_server
+
     problems: list[str] = []
     for server in cfg.servers or ():
         try:

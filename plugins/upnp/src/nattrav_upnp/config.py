@@ -24,8 +24,6 @@ from typing import TYPE_CHECKING, Any
 import attrs
 from nattrav.errors import ConfigError
 
-from nattrav_upnp.urls import canonical_ip
-
 if TYPE_CHECKING:
     import cattrs
 
@@ -51,7 +49,12 @@ def _description(_inst: object, _attribute: attrs.Attribute[str], value: str) ->
 
 
 def _gateway(_inst: object, _attribute: attrs.Attribute[str | None], value: str | None) -> None:
-    if value is not None and canonical_ip(value) is None:
+    if value is None:
+        return
+    # Imported here: the URL module (three attrs classes) is not needed for the default.
+    from nattrav_upnp.urls import canonical_ip
+
+    if canonical_ip(value) is None:
         raise ValueError(f"gateway must be an IP literal, got {value!r}")
 
 
