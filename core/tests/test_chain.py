@@ -583,6 +583,24 @@ async def test_an_attempt_that_is_only_proving_does_not_hold_the_next_one_back(
             assert held.result.attempts[0].outcome is AttemptOutcome.INSUFFICIENT
 
 
+@pytest.mark.parametrize(("goal", "winner"), [(Goal.ANY, "stun"), (Goal.REACHABLE, "upnp")])
+async def test_a_mapping_waits_for_a_better_kind_only_when_any_candidate_will_do(
+    goal: Goal, winner: str
+) -> None:
+    """Goal ``any``: a reflexive address still coming is better than a mapping in hand, so
+    the mapping waits ``fallback_grace`` for it. Goal ``reachable``: it waits only ``grace``
+    (the reflexive candidate's proof is what is slow, and a held mapping spoils it)."""
+    srflx = FakeMethod("stun", delay=0.3, inbound=Inbound.YES)
+    mapped = FakeMethod("upnp", kind=CandidateKind.PORT_MAPPED)
+    rt = runtime_for(
+        (srflx, 20),
+        (mapped, 40),
+        chain={"stagger": 0.02, "grace": 0.05, "fallback_grace": 1.0, "verify": False},
+    )
+    async with rt.chain().run(TraversalRequest(goal=goal)) as held:
+        assert held.result.method == winner
+
+
 async def test_same_kind_success_waits_only_grace() -> None:
     slow = FakeMethod("a", kind=CandidateKind.PORT_MAPPED, delay=0.6)
     fast = FakeMethod("b", kind=CandidateKind.PORT_MAPPED)

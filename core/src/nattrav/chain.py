@@ -20,9 +20,9 @@ Strategies:
 * ``race`` (default, RFC 8305 in spirit): start the next method when the previous ones failed or
   after ``stagger`` seconds, whichever is first. When a success arrives, it wins at once if no
   better-priority attempt is still running; otherwise it waits at most ``grace`` seconds for one
-  of them to succeed, or ``fallback_grace`` seconds when the success is a relay and a running
-  attempt would give a better kind (a relay waits a little for a port mapping: a relay is the
-  last resort, and a mapping that is about to succeed is worth a second). A
+  of them to succeed, or ``fallback_grace`` seconds when a running attempt would give a better
+  kind and the success is a relay (the last resort: a mapping that is about to succeed is worth
+  a second) or the goal is ``any``. A
   better attempt that already holds its candidate and is only verifying it gets until its
   verification ends (bounded: 4 verify windows per verifier, plus 0.5 s to report), so a slow
   proof over a lossy link does not hand the win to a relay. Losers still acquiring are
@@ -523,12 +523,17 @@ class Chain:
                 if (not better and not hopeful) or now >= deadline:
                     winner = best
                     break
-                # Only a relay (the last resort, with a per-byte cost) waits the longer
-                # ``fallback_grace`` for a better kind. A mapping does not wait for a reflexive
-                # candidate's filtering proof: once a mapping of the port is held, that proof
-                # cannot tell the NAT's filtering apart from the mapping, and a mapping is
-                # reachable by anyone anyway.
-                worse = best.acquisition.candidate.kind is CandidateKind.RELAYED and (
+                # A relay (the last resort, with a per-byte cost) waits the longer
+                # ``fallback_grace`` for a better kind, and so does any success when every
+                # candidate meets the goal (``any``: the better kind is simply better). With
+                # ``reachable`` a mapping does not wait for a reflexive candidate's filtering
+                # proof: once a mapping of the port is held that proof cannot tell the NAT's
+                # filtering apart from the mapping, and a mapping is reachable anyway.
+                patient = (
+                    best.acquisition.candidate.kind is CandidateKind.RELAYED
+                    or request.goal is Goal.ANY
+                )
+                worse = patient and (
                     bool(hopeful) or any(a.spec.kind.preference < kind for a in better)
                 )
                 wait = self.config.chain.fallback_grace if worse else self.config.chain.grace

@@ -109,7 +109,9 @@ async def test_map_receive_renew_delete(lab: Any, anyio_backend: str) -> None:
                 assert acq.candidate.base is not None
                 assert acq.candidate.base.host == lab.lan_host_ip4
                 assert acq.candidate.details["igd_version"] == 2
-                assert acq.candidate.lifetime == 4
+                # miniupnpd's read-back gives the remaining lease: a loaded machine may see
+                # a second tick between AddPortMapping and GetSpecificPortMappingEntry.
+                assert acq.candidate.lifetime in (3.0, 4.0)
                 assert await _reaches(lab, app, (endpoint.host, endpoint.port), "mapped")
                 with anyio.fail_after(6):
                     while LeaseEventKind.RENEWED not in [e.kind for e in events]:

@@ -37,6 +37,7 @@ from nattrav.method import Acquisition, AttemptContext
 from nattrav.models import (
     Candidate,
     CandidateKind,
+    Goal,
     LeaseEvent,
     LeaseEventKind,
     Reachability,
@@ -379,7 +380,8 @@ class StunMethod:
             primary = primary_answer.result
             assert primary is not None
             if cfg.filtering_probe:
-                ctx.proving()  # the mapped address is in hand; the rest is proof
+                if request.goal is Goal.REACHABLE:
+                    ctx.proving()  # the mapped address is in hand; the rest is proof
                 reachability, probe = await filtering_probe(
                     client, primary, endpoint, cfg.probe_window, mux, ctx
                 )
