@@ -12,18 +12,28 @@ plugins *blocked* without importing them.
 Registration hooks are called per plugin (not through ``pm.hook``) so a failure can be pinned
 to the plugin that caused it. Everything else goes through ``Hooks``, a typed facade: no other
 module calls ``pm.hook`` directly.
+
+Discovery reads the ``entry_points.txt`` of every ``*.dist-info`` and ``*.egg-info`` directory
+on ``sys.path`` itself, the way importlib.metadata's path finder does (same places, same
+order, the first distribution of a name wins): importing importlib.metadata (and the email
+package it parses metadata with) cost more than everything else ``nattrav-plugins list`` did.
+Where ``sys.path`` or ``sys.meta_path`` hold anything else (a zip or egg on the path, a finder
+that provides distributions of its own), discovery is importlib.metadata's own.
 """
 
 from __future__ import annotations
 
 import enum
-import importlib.metadata as md
+import functools
+import importlib
 import inspect
 import logging
 import os
+import re
+import sys
 import types
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import pluggy
@@ -45,6 +55,8 @@ from nattrav.registry import (
 )
 
 if TYPE_CHECKING:
+    import importlib.metadata as md
+
     from nattrav.models import AttemptRecord, LeaseEvent, TraversalRequest, TraversalResult
     from nattrav.resilience import BreakerPolicy, BreakerState, RetryPolicy
 
@@ -122,7 +134,7 @@ class PluginHost:
         cls,
         config: Config | None = None,
         *,
-        entry_points: Iterable[md.EntryPoint] | None = None,
+        entry_points: Iterable[EntryPointLike] | None = None,
         disabled: Iterable[str] | None = None,
         builtins: bool = True,
         extra: Sequence[tuple[str, object]] = (),
@@ -149,8 +161,7 @@ class PluginHost:
             )
         eps = _installed_entry_points() if entry_points is None else list(entry_points)
         for ep in sorted(eps, key=lambda e: e.name):
-            dist = ep.dist.name if ep.dist is not None else None
-            version = ep.dist.version if ep.dist is not None else None
+            dist, version = _name_and_version(ep.dist)
             record = PluginRecord(ep.name, dist, version, PluginStatus.OK, module=ep.value)
             if ep.name in host.records:
                 record.status = PluginStatus.BROKEN
@@ -268,14 +279,253 @@ def _describe(exc: BaseException) -> str:
 
 
 def _version(dist: str) -> str | None:
+    found = _find_distribution(dist)
+    return None if found is None else _name_and_version(found)[1]
+
+
+_WANTED = ("name", "version")
+# How the email package reads a header block: lines split at \r\n, \r or \n; a header line
+# is a name of printable ASCII other than ":" followed by ":"; a line starting with a space
+# or tab continues the previous header; anything else ends the block.
+_LINES = re.compile(r"\r\n|\r|\n")
+_HEADER = re.compile(r"([\041-\071\073-\176]*):")
+
+
+def _name_and_version(dist: DistributionLike | None) -> tuple[str | None, str | None]:
+    """``(dist.name, dist.version)``, read from the head of the core metadata.
+
+    ``Distribution.name`` and ``.version`` each parse the whole METADATA file with the email
+    package (and import its parser): two full parses per plugin at every CLI start, for two
+    single-line headers near the top. This reads the header block the way the email parser
+    does and stops there; metadata where either header is missing, folded or preceded by a
+    mailbox ``From`` line goes to importlib.metadata's own parser.
+    """
+    if dist is None:
+        return None, None
+    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
+    found: dict[str, str] = {}
+    last = ""
+    for line in _LINES.split(text):
+        if line[:1] in (" ", "\t"):
+            if last in _WANTED:
+                found.clear()  # a folded Name or Version: leave it to the email parser
+                break
+            continue
+        match = _HEADER.match(line)
+        if match is None or line.startswith("From "):
+            break  # the end of the header block (or a form this reader leaves alone)
+        last = match[1].lower()
+        if last in _WANTED and last not in found:
+            found[last] = line[match.end() :].lstrip(" \t")
+    if len(found) < len(_WANTED):
+        return dist.name, dist.version
+    return found["name"], found["version"]
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+class DistributionLike(Protocol):
+    """What loading needs of a distribution (``importlib.metadata.Distribution`` has it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
+
+    def read_text(self, filename: str) -> str | None: ...
+
+
+class EntryPointLike(Protocol):
+    """What loading needs of an entry point (``importlib.metadata.EntryPoint`` has it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def value(self) -> str: ...
+
+    @property
+    def dist(self) -> DistributionLike | None: ...
+
+    def load(self) -> Any: ...
+
+
+class MetadataDirectory:
+    """A ``*.dist-info`` or ``*.egg-info`` directory found on ``sys.path``.
+
+    Reads files like ``importlib.metadata.PathDistribution`` (UTF-8; a missing file is
+    ``None``); ``name`` and ``version`` are only asked for when the metadata's head is unusual,
+    and then come from importlib.metadata's parser.
+    """
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"MetadataDirectory({self.path!r})"
+
+    def read_text(self, filename: str) -> str | None:
+        try:
+            with open(os.path.join(self.path, filename), encoding="utf-8") as f:
+                return f.read()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):
+            return None
+
+    def _parsed(self) -> md.Distribution:
+        import importlib.metadata
+        import pathlib
+
+        return importlib.metadata.PathDistribution(pathlib.Path(self.path))
+
+    @property
+    def name(self) -> str:
+        return self._parsed().name
+
+    @property
+    def version(self) -> str:
+        return self._parsed().version
+
+
+# importlib.metadata.EntryPoint.pattern: ``module``, ``module:attr.attr``, optional extras.
+_ENTRY_POINT_VALUE = re.compile(
+    r"(?P<module>[\w.]+)\s*(:\s*(?P<attr>[\w.]+)\s*)?((?P<extras>\[.*\])\s*)?$"
+)
+
+
+class InstalledEntryPoint:
+    """One ``name = value`` line of a distribution's ``entry_points.txt``."""
+
+    __slots__ = ("dist", "group", "name", "value")
+
+    def __init__(
+        self, name: str, value: str, group: str, dist: MetadataDirectory | None = None
+    ) -> None:
+        self.name = name
+        self.value = value
+        self.group = group
+        self.dist = dist
+
+    def __repr__(self) -> str:
+        return f"InstalledEntryPoint({self.name!r}, {self.value!r}, {self.group!r})"
+
+    def load(self) -> Any:
+        """Import the module and walk to the attribute (``importlib.metadata``'s rule)."""
+        match = _ENTRY_POINT_VALUE.match(self.value)
+        if match is None:
+            raise ValueError(f"entry point {self.name!r}: malformed value {self.value!r}")
+        module = importlib.import_module(match["module"])
+        attrs_path = filter(None, (match["attr"] or "").split("."))
+        return functools.reduce(getattr, attrs_path, module)
+
+
+def _normalize(name: str) -> str:
+    # importlib.metadata's Prepared.normalize (PEP 503, with underscores).
+    return re.sub(r"[-_.]+", "-", name).lower().replace("-", "_")
+
+
+def _plain_layout() -> bool:
+    """True when importlib.metadata would find distributions only as metadata directories in
+    directories on ``sys.path``: no other finder provides any, no zip or egg is on the path."""
+    import importlib.machinery
+
+    for finder in sys.meta_path:
+        if finder is not importlib.machinery.PathFinder and hasattr(finder, "find_distributions"):
+            return False
+    for entry in sys.path:
+        root = entry or "."
+        if root.lower().endswith(".egg") or (os.path.exists(root) and not os.path.isdir(root)):
+            return False
+    return True
+
+
+class _Unreadable(Exception):
+    """A layout the scan leaves to importlib.metadata."""
+
+
+def _metadata_directories() -> Iterator[tuple[str, MetadataDirectory]]:
+    """``(normalized name, directory)`` of each distribution on ``sys.path``, first of a name
+    only, in importlib.metadata's order (path entries in order, each as ``os.listdir`` lists)."""
+    seen: set[str] = set()
+    for entry in list(sys.path):
+        root = entry or "."
+        try:
+            children = os.listdir(root)
+        except OSError:
+            continue  # not there (python3xx.zip usually is not): importlib.metadata skips it
+        for child in children:
+            stem, dot, ext = child.rpartition(".")
+            if not dot or ext.lower() not in ("dist-info", "egg-info"):
+                continue
+            if ext not in ("dist-info", "egg-info"):
+                raise _Unreadable(child)  # importlib.metadata would read its Name header
+            name = _normalize(stem.partition("-")[0])
+            if name in seen:
+                continue
+            seen.add(name)
+            yield name, MetadataDirectory(os.path.join(root, child))
+
+
+def _entry_points_in(text: str, group: str, dist: MetadataDirectory) -> list[InstalledEntryPoint]:
+    """The entries of ``[group]`` in an ``entry_points.txt`` (importlib.metadata's reading:
+    stripped lines, ``#`` comments, ``[section]`` headers, ``name = value``)."""
+    found: list[InstalledEntryPoint] = []
+    section: str | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line.strip("[]")
+            continue
+        if section != group:
+            continue
+        name, sep, value = line.partition("=")
+        if sep:  # importlib.metadata raises on a line without "=": skip it instead
+            found.append(InstalledEntryPoint(name.strip(), value.strip(), group, dist))
+    return found
+
+
+def installed_entry_points(group: str = ENTRY_POINT_GROUP) -> list[EntryPointLike]:
+    """The entry points of ``group`` of every installed distribution (see the module doc)."""
+    if _plain_layout():
+        try:
+            found: list[EntryPointLike] = []
+            for _name, dist in _metadata_directories():
+                text = dist.read_text("entry_points.txt")
+                if text:
+                    found += _entry_points_in(text, group, dist)
+            return found
+        except _Unreadable:
+            pass
+    import importlib.metadata
+
+    return list(importlib.metadata.entry_points(group=group))
+
+
+def _find_distribution(name: str) -> DistributionLike | None:
+    wanted = _normalize(name)
+    if _plain_layout():
+        try:
+            for found, dist in _metadata_directories():
+                if found == wanted:
+                    return dist
+            return None
+        except _Unreadable:
+            pass
+    import importlib.metadata
+
     try:
-        return md.version(dist)
-    except md.PackageNotFoundError:
+        return importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
         return None
 
 
-def _installed_entry_points() -> list[md.EntryPoint]:
-    return list(md.entry_points(group=ENTRY_POINT_GROUP))
+def _installed_entry_points() -> list[EntryPointLike]:
+    return installed_entry_points(ENTRY_POINT_GROUP)
 
 
 class Hooks:
