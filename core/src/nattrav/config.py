@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
@@ -76,8 +75,8 @@ class ChainConfig:
     ``order`` lists methods to try first, in that order (the rest follow by priority);
     ``disabled`` removes methods. ``stagger`` is the race strategy's delay before starting the
     next method; ``grace`` is how long a success waits for a better-priority method still
-    running, and ``fallback_grace`` how long a relay's success waits when that method would
-    give a better kind of endpoint (a port mapping, a reflexive address). ``verify`` asks
+    running, and ``fallback_grace`` how long it waits when that method would give a better
+    kind of endpoint and the success is a relay, or the goal is ``any``. ``verify`` asks
     installed verifiers to prove inbound reachability.
     """
 
@@ -367,7 +366,7 @@ def load_raw(
     raw: dict[str, Any] = {}
     if path is None and env.get("NATTRAV_CONFIG"):
         path = env["NATTRAV_CONFIG"]
-    if path is None and Path("nattrav.toml").is_file():
+    if path is None and os.path.isfile("nattrav.toml"):
         path = "nattrav.toml"
     if path is not None:
         source = os.fspath(path)

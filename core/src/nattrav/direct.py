@@ -11,15 +11,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nattrav.addresses import AddressScope
 from nattrav.errors import MethodUnavailable
 from nattrav.hookspecs import hookimpl
-from nattrav.interfaces import InterfaceAddress, list_addresses
-from nattrav.method import Acquisition, AttemptContext
 from nattrav.models import Candidate, CandidateKind, Reachability, TransportAddress
-from nattrav.registry import MethodRegistry
+
+# This module is also the built-in plugin, registered at every start: what only an attempt
+# needs (the method API, interface enumeration) is imported when one runs.
+if TYPE_CHECKING:
+    from nattrav.interfaces import InterfaceAddress
+    from nattrav.method import Acquisition, AttemptContext
+    from nattrav.registry import MethodRegistry
 
 __all__ = ["DirectMethod", "nattrav_register_methods"]
 
@@ -36,10 +40,14 @@ class DirectMethod:
     def _list(self, families: frozenset[int]) -> list[InterfaceAddress]:
         if self._addresses is not None:
             return [a for a in self._addresses() if a.family in families]
+        from nattrav.interfaces import list_addresses
+
         return list_addresses(families=sorted(families))
 
     @asynccontextmanager
     async def acquire(self, ctx: AttemptContext) -> AsyncIterator[Acquisition]:
+        from nattrav.method import Acquisition
+
         request = ctx.request
         addresses = self._list(request.families)
         public = [a for a in addresses if a.scope is AddressScope.PUBLIC]
