@@ -33,8 +33,8 @@ password in the table (see also the ``nattrav_relay_credentials`` hook, docs/rel
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
@@ -176,11 +176,11 @@ def _check(cfg: RelayConfig) -> list[str]:
             )
         for key in ("ca_file",):
             path = getattr(server, key)
-            if path is not None and not Path(path).is_file():
+            if path is not None and not os.path.isfile(path):
                 problems.append(f"{label}: {key} {path!r} is not a readable file")
         if server.server_name is not None and address.transport != "tls":
             problems.append(f"{label}: server_name only applies to turns: (TLS) servers")
-    if cfg.ca_file is not None and not Path(cfg.ca_file).is_file():
+    if cfg.ca_file is not None and not os.path.isfile(cfg.ca_file):
         problems.append(f"{where} ca_file {cfg.ca_file!r} is not a readable file")
     for peer in cfg.permit:
         if _peer_ip(peer) is None:
