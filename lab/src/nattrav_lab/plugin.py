@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 from nattrav.hookspecs import hookimpl
 
 
+def _configure(parser: argparse.ArgumentParser) -> None:
+    # The commands module (and subprocess) is imported when `nattrav lab` is used, not at
+    # every start of the CLI.
+    from nattrav_lab.commands import configure
+
+    configure(parser)
+
+
+def _run(args: argparse.Namespace, cli: Any) -> int:
+    from nattrav_lab.commands import run
+
+    return run(args, cli)
+
+
 @hookimpl
 def nattrav_register_commands(registry: Any) -> None:
-    from nattrav_lab import commands
-
     registry.add(
         "lab",
         help="network lab of namespaces with NATs, coturn and miniupnpd (needs root)",
-        configure=commands.configure,
-        run=commands.run,
+        configure=_configure,
+        run=_run,
     )
