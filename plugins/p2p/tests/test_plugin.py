@@ -28,6 +28,19 @@ def test_registers_ice_connector_and_signalers() -> None:
     assert {c.name for c in commands} == {"connect", "rendezvous"}
 
 
+def test_the_table_reaches_the_connector_and_no_table_means_the_defaults() -> None:
+    connectors = ConnectorRegistry()
+    plugin.nattrav_register_connectors(connectors, {"check_sends": 3})
+    spec = connectors.best()
+    assert spec is not None and spec.factory().settings == load_config({"check_sends": 3})
+    connectors = ConnectorRegistry()
+    plugin.nattrav_register_connectors(connectors, {})
+    spec = connectors.best()
+    assert spec is not None and spec.factory().settings == load_config(None)
+    with pytest.raises(ConfigError, match="ta must be > 0"):
+        plugin.nattrav_register_connectors(ConnectorRegistry(), {"ta": -1})
+
+
 def test_config_problems_are_listed_together() -> None:
     with pytest.raises(ConfigError) as info:
         load_config({"ta": -1, "families": [5], "consent_timeout": 1, "consent_interval": 2})

@@ -6,6 +6,7 @@ from typing import Any
 
 import attrs
 import pytest
+from nattrav.errors import ConfigError
 from nattrav.method import AttemptContext
 from nattrav.models import (
     AttemptOutcome,
@@ -32,6 +33,19 @@ def test_hooks_register_the_probe_the_section_and_the_commands() -> None:
     assert "pmtu" in probes and "pmtu" in sections
     assert {c.name for c in commands} == {"pmtu", "pmtu-echo"}
     assert isinstance(probes["pmtu"].factory(), PmtuPathProbe)
+
+
+def test_the_table_reaches_the_probe_and_no_table_means_the_defaults() -> None:
+    probes = PathProbeRegistry()
+    plugin.nattrav_register_path_probes(probes, {"max": 3000})
+    probe = probes["pmtu"].factory()
+    assert isinstance(probe, PmtuPathProbe) and probe.config == load_config({"max": 3000})
+    probes = PathProbeRegistry()
+    plugin.nattrav_register_path_probes(probes, {})  # nothing to validate
+    probe = probes["pmtu"].factory()
+    assert isinstance(probe, PmtuPathProbe) and probe.config == load_config(None)
+    with pytest.raises(ConfigError, match="max"):
+        plugin.nattrav_register_path_probes(PathProbeRegistry(), {"max": 1})
 
 
 def test_the_plugin_loads_in_a_host(nattrav_host: Any) -> None:

@@ -16,15 +16,23 @@ NAME = "p2p"
 
 @hookimpl
 def nattrav_register_connectors(registry: ConnectorRegistry, config: Mapping[str, Any]) -> None:
-    """Register ``ice``: RFC 8445-style checks, hole punching, relay fallback, path change."""
-    from nattrav_p2p.config import load_config
+    """Register ``ice``: RFC 8445-style checks, hole punching, relay fallback, path change.
 
-    settings = load_config(config)
+    A ``[plugins.p2p]`` table is validated here, so a bad one breaks the plugin at load; with
+    no table there is nothing to validate, and the config module (the defaults) is imported
+    when a connector is made instead of at every start.
+    """
+    settings = None
+    if config:
+        from nattrav_p2p.config import load_config
+
+        settings = load_config(config)
 
     def factory() -> Any:
+        from nattrav_p2p.config import load_config
         from nattrav_p2p.driver import IceConnector
 
-        return IceConnector(settings)
+        return IceConnector(settings if settings is not None else load_config(None))
 
     registry.add(
         factory,

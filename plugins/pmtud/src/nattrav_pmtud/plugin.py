@@ -15,15 +15,23 @@ NAME = "pmtud"
 
 @hookimpl
 def nattrav_register_path_probes(registry: PathProbeRegistry, config: Mapping[str, Any]) -> None:
-    """``pmtu``: the RFC 8899 PLPMTU of the chosen endpoint's path (chain ``probe_paths``)."""
-    from nattrav_pmtud.config import load_config
+    """``pmtu``: the RFC 8899 PLPMTU of the chosen endpoint's path (chain ``probe_paths``).
 
-    cfg = load_config(config)
+    A ``[plugins.pmtud]`` table is validated here, so a bad one breaks the plugin at load;
+    with no table there is nothing to validate, and the config module (the defaults) is
+    imported when a probe is made instead of at every start.
+    """
+    cfg = None
+    if config:
+        from nattrav_pmtud.config import load_config
+
+        cfg = load_config(config)
 
     def factory() -> Any:
+        from nattrav_pmtud.config import load_config
         from nattrav_pmtud.pathprobe import PmtuPathProbe
 
-        return PmtuPathProbe(cfg)
+        return PmtuPathProbe(cfg if cfg is not None else load_config(None))
 
     registry.add(factory, name="pmtu", description="RFC 8899 DPLPMTUD: PLPMTU of the chosen path")
 
