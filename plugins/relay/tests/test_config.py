@@ -21,6 +21,7 @@ def test_defaults_and_string_servers() -> None:
         "turns:turn.example.org",
     ]
     assert cfg.lifetime == 600 and cfg.channels and cfg.self_test
+    assert cfg.max_redirects == 3  # 300 Try Alternate is followed by default
     assert cfg.credentials_for(cfg.servers[0]) == ("u", "hunter2", None)
     assert "hunter2" not in repr(cfg)
 
@@ -58,11 +59,13 @@ def test_every_problem_is_reported_at_once() -> None:
                 "lifetime": -5,
                 "timeout": 0,
                 "ca_file": "/nonexistent/ca.pem",
+                "max_redirects": 11,
             }
         )
     text = str(caught.value)
     problems = caught.value.problems
-    assert len(problems) >= 7, problems
+    assert len(problems) >= 8, problems
+    assert "max_redirects must be 0-10" in text
     assert "stun: URI" in text
     assert "a username without a password" in text
     assert "server_name only applies" in text

@@ -127,12 +127,15 @@ async def _allocate(args: argparse.Namespace, cli: Any) -> int:
                     "mapped": None if ep.mapped is None else str(ep.mapped),
                     "local": None if ep.local is None else str(ep.local),
                     "server": str(ep.server),
+                    "server_address": str(ep.server_address),
+                    "redirected_from": [str(a) for a in ep.redirected_from],
                     "transport": ep.transport,
                     "lifetime": ep.lifetime,
                     "permitted": ep.permitted,
                 },
-                f"relayed {', '.join(relayed)} via {ep.server} (mapped "
-                f"{ep.mapped}, lifetime {ep.lifetime} s)",
+                f"relayed {', '.join(relayed)} via {ep.server}"
+                + (f" (redirected to {ep.server_address})" if ep.redirected_from else "")
+                + f" (mapped {ep.mapped}, lifetime {ep.lifetime} s)",
             )
             for ip, why in ep.permit_failures.items():
                 _write(cli, {"event": "permission-failed", "peer": ip, "detail": why},

@@ -25,6 +25,20 @@ that went out unsigned (the first Allocate, before the 401) is discarded here: T
 always authenticate, so an unprotected success is forged or broken. No state changes before a
 response passed those checks.
 
+Redirects (RFC 8489 §10, RFC 8656 §7.2 step 8): a 300 (Try Alternate) to an Allocate ends the
+attempt with ``AllocationFailed(redirect=ALTERNATE-SERVER, redirect_domain=ALTERNATE-DOMAIN)``
+when it may be followed: an authenticated 300 to a signed Allocate (§14.8: the integrity must
+verify), or an unprotected 300 to the *unsigned* first Allocate. The latter is what coturn's
+``--alternate-server`` sends (before any authentication) and it cannot be authenticated: no
+credentials were sent yet, so the server has no key to sign with. Following it gives the
+alternate nothing a configured server would not get, and it must still prove it knows our
+long-term key before a success is accepted (T8). An unprotected 300 to a *signed* Allocate
+is discarded like any unprotected answer to a signed request (a forgery cannot end the
+transaction; it ends in ``IntegrityViolated`` if nothing better comes). Alternates of another
+address family or in a loopback/link-local scope the server is not in are refused (S20).
+Following is the driver's job (a new 5-tuple to the alternate, ``retarget``, loop protection
+in ``redirects.py``).
+
 Allocation lifecycle (§7, §8): IDLE -> ALLOCATING -> ALLOCATED -> DELETING -> DELETED, or
 FAILED (with ``AllocationFailed.retry_at`` computed from §7.4: 437 three times with a new
 5-tuple then two minutes, 486/508 one minute, 440/442/403/401 never) or LOST (437 on Refresh,
@@ -62,7 +76,11 @@ import attrs
 from nattrav.errors import LocalProtocolError, ParseError
 from nattrav_stun.auth import AuthSession, LongTermCredentials
 from nattrav_stun.codec import (
+    ALTERNATE_DOMAIN,
+    ALTERNATE_SERVER,
     BINDING,
+    ERROR,
+    ERROR_CODE,
     INDICATION,
     REQUEST,
     SUCCESS,
@@ -85,7 +103,7 @@ from nattrav_stun.events import (
     TimedOut,
     TransactionFailed,
 )
-from nattrav_stun.transaction import StunRequest, Timers
+from nattrav_stun.transaction import StunRequest, Timers, redirect_problem
 
 from nattrav_relay.attributes import (
     ADDITIONAL_ADDRESS_FAMILY,
@@ -333,15 +351,25 @@ class _Pending:
     kind: _Kind
     request: StunRequest
     subject: Any = None  # Permission or Channel
+    #: an error response to an Allocate that went out unsigned (a 300 there may be followed)
+    unsigned_answer: Message | None = None
 
 
 def allocate_failure(
-    event: Any, now: float, settings: ClientSettings, mismatches: int, *, tweaked: bool = False
+    event: Any,
+    now: float,
+    settings: ClientSettings,
+    mismatches: int,
+    *,
+    tweaked: bool = False,
+    authenticated: bool = True,
 ) -> AllocationFailed:
     """RFC 8656 §7.4 as data: what an Allocate outcome means and when to try again.
 
     ``mismatches`` counts consecutive 437s including this one; ``tweaked`` says whether
-    EVEN-PORT or RESERVATION-TOKEN was used (a 508 may then be retried at once without them).
+    EVEN-PORT or RESERVATION-TOKEN was used (a 508 may then be retried at once without them);
+    ``authenticated`` whether a ``Redirected`` came with verified integrity (``False``: an
+    unprotected 300 to the unsigned first Allocate).
     """
     if isinstance(event, AuthenticationFailed):
         return AllocationFailed(event.reason, event.code or 401, retry_at=None)
@@ -357,7 +385,15 @@ def allocate_failure(
             retry_at=now + settings.server_error_backoff,
         )
     if isinstance(event, Redirected):
-        return AllocationFailed(event.describe(), 300, retry_at=None, redirect=event.alternate)
+        how = "" if authenticated else " (unprotected, to the unsigned first Allocate)"
+        return AllocationFailed(
+            f"300 Try Alternate: {event.describe()}{how}",
+            300,
+            retry_at=None,
+            redirect=event.alternate,
+            redirect_domain=event.domain,
+            redirect_authenticated=authenticated,
+        )
     if isinstance(event, TransactionFailed):
         return AllocationFailed(event.reason, retry_at=None)
     if not isinstance(event, ErrorResponse):
@@ -621,6 +657,29 @@ class TurnClient:
         self._cancel_requests()
         if self.stream:
             self._framer = TurnStreamFramer()
+
+    def retarget(self, server: tuple[str, int]) -> None:
+        """Talk to another server from now on: a followed 300 redirect (RFC 8489 §10).
+
+        The next ``allocate`` goes to ``server`` with the same credentials but a new
+        authentication session (realm and nonce belong to the server that issued them, §9.2),
+        so it starts unsigned and is challenged afresh. Nothing in flight counts any more;
+        statistics, the generation counter and sticky permissions carry over. Only between
+        allocations (after a failure or loss), never while one is held or being made.
+        """
+        if self.state in (State.ALLOCATING, State.ALLOCATED, State.DELETING):
+            raise LocalProtocolError(f"cannot change servers while {self.state.value}")
+        self.reset_transport()
+        self.server = Address(server[0].split("%", 1)[0], int(server[1]))
+        self.auth = AuthSession(self.auth.credentials)
+        self.state = State.IDLE
+        self.not_before = 0.0
+        self.mismatches = 0
+        self.blocked = None
+        self._dont_fragment = self.settings.dont_fragment
+        self._tweaked = (
+            self.settings.even_port is not None or self.settings.reservation_token is not None
+        )
 
     def _reset_allocation_state(self) -> None:
         # Permissions and channels belong to one allocation; sticky permissions come back.
@@ -1017,9 +1076,12 @@ class TurnClient:
                 # an unsigned request is forged or broken. Drop it; retransmission goes on.
                 self.stats.discard("unauthenticated success response")
                 return
+            unsigned = txn is not None and txn.check is None
             if not request.receive_message(msg, self.server, now):
                 self.stats.discard("late or duplicate response")
                 return
+            if msg.cls is ERROR and pending.kind is _Kind.ALLOCATE:
+                pending.unsigned_answer = msg if unsigned else None
             self._collect(pending, now)
             return
         self.stats.discard("response to no outstanding request")
@@ -1051,6 +1113,11 @@ class TurnClient:
         if isinstance(event, SuccessResponse) and event.authenticated:
             self._allocated(event.message, now)
             return
+        authenticated = True
+        if isinstance(event, TransactionFailed) and pending.unsigned_answer is not None:
+            redirect = self._unsigned_redirect(pending.unsigned_answer)
+            if redirect is not None:
+                event, authenticated = redirect, False
         if isinstance(event, ErrorResponse) and event.code == 420 and self._dont_fragment:
             unknown = event.message.get(UNKNOWN_ATTRIBUTES) or ()
             if DONT_FRAGMENT in unknown:
@@ -1062,7 +1129,12 @@ class TurnClient:
         if isinstance(event, ErrorResponse) and event.code == 437:
             self.mismatches += 1
         failure = allocate_failure(
-            event, now, self.settings, self.mismatches, tweaked=self._tweaked
+            event,
+            now,
+            self.settings,
+            self.mismatches,
+            tweaked=self._tweaked,
+            authenticated=authenticated,
         )
         if failure.code == 437 and self.mismatches >= self.settings.mismatch_tries:
             self.mismatches = 0
@@ -1071,6 +1143,29 @@ class TurnClient:
         self.state = State.FAILED
         self.not_before = math.inf if failure.retry_at is None else failure.retry_at
         self._events.append(failure)
+
+    def _unsigned_redirect(self, msg: Message) -> Redirected | TransactionFailed | None:
+        """A 300 to the unsigned first Allocate (coturn's ``--alternate-server`` answer): the
+        redirect to follow, why not, or ``None`` when ``msg`` is not a well-formed 300.
+
+        ``StunRequest`` refuses every unprotected 300 (§14.8). That rule protects a client
+        whose request carried credentials; this one carried none, so the answer could not
+        have been signed (RFC 8489 §10: "there are use cases for ALTERNATE-SERVER where
+        authentication of the response is not possible"). Following it gives the alternate
+        no more than any server gets: our signed Allocate only after it challenged us, and no
+        allocation unless its success verifies with our long-term key (T8). A forger needs the
+        transaction ID (on-path, where it sees our signed requests anyway); over TLS the 300
+        came through the verified connection. The S20 checks still apply."""
+        error = msg.get(ERROR_CODE)
+        if error is None or not error.valid or error.code != 300 or msg.unknown_required:
+            return None
+        alternate: Address | None = msg.get(ALTERNATE_SERVER)
+        if alternate is None:
+            return TransactionFailed("300 Try Alternate without ALTERNATE-SERVER (§6.3.4)")
+        problem = redirect_problem(self.server, alternate)
+        if problem:
+            return TransactionFailed(f"refusing redirect to {alternate}: {problem}")
+        return Redirected(alternate, msg.get(ALTERNATE_DOMAIN))
 
     def _allocated(self, msg: Message, now: float) -> None:
         relayed = occurrences(msg, XOR_RELAYED_ADDRESS)

@@ -18,6 +18,7 @@ in one pass. Example::
     transport_fallback = true           # turn: URIs without ?transport=: UDP, then TCP
     fallback_after = 2.0                # ... TCP once UDP stayed silent this long (s)
     timeout = 8.0                       # per server allocation attempt (s)
+    max_redirects = 3                   # 300 Try Alternate hops followed per attempt (0: none)
 
     [[plugins.relay.servers]]           # or tables, with per-server settings
     uri = "turns:turn.example.org:5349"
@@ -96,6 +97,8 @@ class RelayConfig:
     #: server restart (allocation lost) goes unnoticed, at one Refresh transaction each time
     refresh_interval: float = 0.0
     release_timeout: float = 2.0
+    #: 300 (Try Alternate) redirects one allocation attempt follows (RFC 8489 §10; 0: none)
+    max_redirects: int = 3
     software: str | None = "nattrav"
     algorithms: tuple[Literal["sha256", "md5"], ...] = ("sha256", "md5")
 
@@ -203,6 +206,8 @@ def _check(cfg: RelayConfig) -> list[str]:
     ):
         if getattr(cfg, key) <= 0:
             problems.append(f"{where} {key} must be > 0, got {getattr(cfg, key)}")
+    if not 0 <= cfg.max_redirects <= 10:
+        problems.append(f"{where} max_redirects must be 0-10, got {cfg.max_redirects}")
     if cfg.keepalive < 0:
         problems.append(f"{where} keepalive must be >= 0 (0: off)")
     if cfg.refresh_interval < 0:

@@ -32,9 +32,21 @@ again honouring RFC 8656 §7.4 back-off, re-installs the sticky permissions and 
 ``LeaseEvent(LOST)``, then ``CHANGED`` (new relayed address) or ``RECOVERED`` (same one). If
 the server says never (401, 440, ...) the endpoint fails with ``RelayError``.
 
+Redirects (RFC 8489 §10): when the client reports a 300 it may follow (``AllocationFailed.
+redirect``), ``_follow`` checks the ``RedirectGuard`` (no server twice within five minutes, at
+most ``max_redirects`` hops per attempt), closes the connection to the redirecting server, opens
+one to the alternate over the same transport (TLS verifies the ALTERNATE-DOMAIN if the 300 had
+one, else the name used for the original server), points the client there (``retarget``: same
+credentials, fresh challenge) and allocates again. From then on ``server_address`` is the
+alternate: refreshes, permissions, the delete on exit, the journal entry and ``nattrav
+cleanup`` all talk to the server that holds the allocation; ``redirected_from`` lists the
+servers that sent us on. A refused redirect fails the attempt (``RelayError``, not retryable),
+and the chain method goes on with its next configured server.
+
 Release: on exit, error or cancellation, shielded and bounded by ``release_timeout``: stop the
 tasks, Refresh with LIFETIME 0 (a 437 counts as done), close the transport. The journal entry
-(when a journal was given) is written before the first Allocate and removed once the delete is
+(when a journal was given) is written before the first Allocate, updated whenever the
+connection changes (before the next Allocate goes out) and removed once the delete is
 confirmed (or the TCP/TLS connection, which the server ties the allocation to, is closed).
 """
 
@@ -76,6 +88,7 @@ from nattrav_relay.events import (
     Refreshed,
     TurnEvent,
 )
+from nattrav_relay.redirects import RedirectGuard
 from nattrav_relay.transport import (
     Opener,
     ServerUnreachable,
@@ -214,8 +227,11 @@ class RelayEndpoint:
 
     Attributes: ``relayed`` (the primary relayed address), ``relayed_addresses`` (two for a
     dual allocation), ``mapped`` (what the server saw as our address), ``local`` (our end of
-    the connection to the server), ``server``, ``lifetime``, ``generation`` (1, then +1 per
-    re-allocation), ``stats`` (``RelayStats``: bytes, packets, refreshes, ...).
+    the connection to the server), ``server`` (as configured), ``server_address`` (the server
+    that holds the allocation: the alternate after a followed 300 redirect),
+    ``redirected_from`` (the servers that redirected us there, in order), ``lifetime``,
+    ``generation`` (1, then +1 per re-allocation), ``stats`` (``RelayStats``: bytes, packets,
+    refreshes, ...).
     """
 
     def __init__(
@@ -236,6 +252,7 @@ class RelayEndpoint:
         receive_queue: int,
         journal: Journal | None,
         method: str,
+        max_redirects: int = 3,
     ) -> None:
         self.server = server
         self.credentials = credentials
@@ -287,6 +304,10 @@ class RelayEndpoint:
         self.mapped: TransportAddress | None = None
         self.local: TransportAddress | None = None
         self.server_address: TransportAddress | None = None
+        self.redirected_from: list[TransportAddress] = []
+        self._redirects = RedirectGuard(limit=max_redirects)
+        # the TLS name to verify at the current server (None: the address connected to)
+        self._tls_name: str | None = None
         self.lifetime = 0
         self.expires_at = 0.0
 
@@ -336,6 +357,7 @@ class RelayEndpoint:
                     self.server_address
                 ),
                 "local": None if self.local is None else str(self.local),
+                "redirected_from": [str(a) for a in self.redirected_from],
                 "relayed": [str(a) for a in self.relayed_addresses],
                 "stats": self.stats.as_dict(),
             }
@@ -511,8 +533,13 @@ class RelayEndpoint:
         if self._transport is not None:
             await self._transport.aclose()
             self._transport = None
-        await self._connect(host)
+        self.redirected_from = []
+        self._tls_name = self._server_name or (
+            None if _is_literal(self.server.host) else self.server.host
+        )
+        await self._connect(host, self.server.port)
         self.server_address = TransportAddress(host, self.server.port, _transport_of(self.server))
+        self._journal_where()
         self._client = TurnClient(
             (host, self.server.port),
             self.credentials,
@@ -546,20 +573,18 @@ class RelayEndpoint:
         for ip, reason in self.permit_failures.items():
             log.warning("relay: permission for %s not installed: %s", ip, reason)
 
-    async def _connect(self, host: str) -> None:
+    async def _connect(self, host: str, port: int) -> None:
         kind = self.server.transport
         try:
             if self._opener is not None:
-                transport = await self._opener(host, self.server.port, kind)
+                transport = await self._opener(host, port, kind)
             else:
                 transport = await open_transport(
                     host,
-                    self.server.port,
+                    port,
                     kind,
                     ssl_context=self._ssl_context,
-                    server_name=self._server_name or (
-                        None if _is_literal(self.server.host) else self.server.host
-                    ),
+                    server_name=self._tls_name,
                     local_host=self._local_host,
                     connect_timeout=self.allocate_timeout,
                 )
@@ -574,8 +599,35 @@ class RelayEndpoint:
         if self._transport is not None:
             await self._transport.aclose()
             self._transport = None
-        await self._connect(self.server_address.host)
+        await self._connect(self.server_address.host, self.server_address.port)
         self._client.reset_transport()
+        self._journal_where()
+
+    async def _follow(self, event: AllocationFailed) -> None:
+        """Follow a 300 redirect the client accepted (see the module docstring), or raise
+        ``RelayError`` when the ``RedirectGuard`` refuses it (a loop, too many hops)."""
+        client = self._client
+        alternate = event.redirect
+        assert client is not None and alternate is not None and self.server_address is not None
+        kind = self.server.transport
+        why = self._redirects.refusal(kind, alternate, anyio.current_time())
+        if why is not None:
+            raise RelayError(f"{self.server}: {event.reason}; not followed: {why}", event=event)
+        origin = self.server_address
+        self._redirects.follow(client.server, alternate)
+        log.info("relay: %s redirected us to %s; following", origin, alternate)
+        if kind == "tls":
+            # RFC 8489 §10: ALTERNATE-DOMAIN names the certificate the alternate must present;
+            # without it, "the same domain that was used for the original request".
+            self._tls_name = event.redirect_domain or self._server_name or self.server.host
+        if self._transport is not None:
+            await self._transport.aclose()
+            self._transport = None
+        client.retarget(alternate)
+        self.server_address = TransportAddress(alternate.host, alternate.port, origin.transport)
+        self.redirected_from.append(origin)
+        await self._connect(alternate.host, alternate.port)
+        self._journal_where()
 
     async def _establish(self, *, budget: float, initial: bool) -> Allocated:
         """Allocate (exclusive mode) until granted, honouring §7.4; ``RelayError`` when the
@@ -585,6 +637,7 @@ class RelayEndpoint:
         started = anyio.current_time()
         deadline = started + budget
         backoff = 1.0
+        self._redirects.begin()
         while True:
             now = anyio.current_time()
             self._journal_record()
@@ -592,6 +645,7 @@ class RelayEndpoint:
                 client.allocate(now)
             except LocalProtocolError as exc:
                 raise RelayError(str(exc)) from None
+            self._redirects.sent(self.server.transport, client.server, now)
             try:
                 outcome = await self._drive(
                     lambda e: isinstance(e, Allocated | AllocationFailed | AllocationLost),
@@ -623,6 +677,9 @@ class RelayEndpoint:
                 )
             event = outcome
             assert isinstance(event, AllocationFailed)
+            if event.redirect is not None:
+                await self._follow(event)
+                continue
             if event.blocked:
                 with suppress(TimeoutError, TransportError):
                     await self._drive(lambda e: isinstance(e, Deleted), self.release_timeout)
@@ -972,16 +1029,24 @@ class RelayEndpoint:
             expires=time.time() + event.lifetime,
         )
         if event.generation == 1:
+            where = str(self.server)
+            if self.redirected_from:
+                where = f"{self.server_address} (redirected from {self.server})"
             self._emit(
                 LeaseEventKind.ACQUIRED,
-                f"allocated on {self.server} for {event.lifetime} s",
+                f"allocated on {where} for {event.lifetime} s",
                 {"lifetime": event.lifetime},
             )
 
     def _emit(self, kind: LeaseEventKind, detail: str, details: dict[str, Any]) -> None:
         endpoint = self.relayed_addresses[0] if self.relayed_addresses else None
+        where = None if self.server_address is None else str(self.server_address)
         event = LeaseEvent(
-            kind, self.method, endpoint, detail, {"server": str(self.server), **details}
+            kind,
+            self.method,
+            endpoint,
+            detail,
+            {"server": str(self.server), "server_address": where, **details},
         )
         for callback in list(self._callbacks):
             try:
@@ -1062,11 +1127,25 @@ class RelayEndpoint:
             "local": None if self.local is None else str(self.local),
             "username": self.credentials.username,
             "realm": self.credentials.realm,
+            "redirected_from": [str(a) for a in self.redirected_from],
             "relayed": [],
         }
         lifetime = self.settings.lifetime or 600
         self._entry = self._journal.record(
             self.method, "allocation", data, expires=time.time() + lifetime + 60
+        )
+
+    def _journal_where(self) -> None:
+        """The connection changed (another server address after a redirect, another local
+        port after a reconnect): say so before the next Allocate goes out, so a crash leaves
+        an entry that points at the right 5-tuple."""
+        where = None if self.server_address is None else str(self.server_address)
+        self._journal_update(
+            data={
+                "server_address": where,
+                "local": None if self.local is None else str(self.local),
+                "redirected_from": [str(a) for a in self.redirected_from],
+            }
         )
 
     def _journal_update(self, **changes: Any) -> None:
@@ -1155,6 +1234,7 @@ async def allocate(
     receive_queue: int = 4096,
     journal: Journal | None = None,
     method: str = "relay",
+    max_redirects: int = 3,
 ) -> AsyncIterator[RelayEndpoint]:
     """Allocate a relayed address on a TURN server and hold it for the body.
 
@@ -1166,12 +1246,16 @@ async def allocate(
     against ``ssl_context`` or ``ca_file`` (default: the system store) and ``server_name``
     (default: the URI's host). ``on_event`` receives ``LeaseEvent``s (acquired, renewed,
     lost, changed, recovered, released). ``recover=False`` makes a lost allocation end the
-    body with ``RelayError`` instead of re-allocating.
+    body with ``RelayError`` instead of re-allocating. ``max_redirects``: how many 300 (Try
+    Alternate) redirects one allocation attempt follows (0: none; RFC 8489 §10 loops are
+    refused regardless).
 
     Raises ``RelayError`` when no allocation could be made (``.retryable`` says whether a
     later try may succeed).
     """
     address = _as_server(server)
+    if max_redirects < 0:
+        raise RelayError(f"max_redirects must be >= 0, got {max_redirects}")
     if credentials is None:
         if not username or not password:
             raise RelayError("TURN needs long-term credentials: give username and password")
@@ -1212,6 +1296,7 @@ async def allocate(
         receive_queue=receive_queue,
         journal=journal,
         method=method,
+        max_redirects=max_redirects,
     )
     with single_errors():
         async with anyio.create_task_group() as tg:

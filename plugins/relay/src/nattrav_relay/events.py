@@ -61,7 +61,10 @@ class AllocationFailed:
     """No allocation was made. ``retry_at``: earliest retry (``None``: do not retry);
     ``new_five_tuple``: retry from another local address/port or connection (437, §7.4);
     ``blocked``: this server must not be used until it is fixed (T1);
-    ``redirect``: an authenticated 300 named another server."""
+    ``redirect``: a 300 (Try Alternate) that may be followed named another server (RFC 8489
+    §10): an authenticated one, or an unprotected one to the first Allocate, which carried no
+    credentials (``redirect_authenticated`` says which); ``redirect_domain`` is its
+    ALTERNATE-DOMAIN (the TLS name to verify at the alternate), if any."""
 
     reason: str
     code: int | None = None
@@ -70,6 +73,8 @@ class AllocationFailed:
     blocked: bool = False
     timed_out: bool = False
     redirect: Address | None = None
+    redirect_domain: str | None = None
+    redirect_authenticated: bool = False
 
     def describe(self) -> str:
         code = f" ({self.code})" if self.code else ""

@@ -262,6 +262,7 @@ class RelayMethod:
             release_timeout=self.config.release_timeout,
             journal=ctx.journal,
             method=ctx.method,
+            max_redirects=self.config.max_redirects,
         )
 
     async def _reachability(
@@ -352,7 +353,9 @@ class RelayMethod:
             lifetime=float(endpoint.lifetime),
             details={
                 "server": server.uri,
+                # the server holding the allocation: the alternate after a 300 redirect
                 "server_address": str(endpoint.server_address),
+                "redirected_from": [str(a) for a in endpoint.redirected_from],
                 "transport": endpoint.transport,
                 "mapped": None if endpoint.mapped is None else str(endpoint.mapped),
                 "relayed": [str(a) for a in endpoint.relayed_addresses],
@@ -382,7 +385,8 @@ class RelayMethod:
         if not local or not server_address:
             return  # recorded before the connection existed: nothing was sent
         expires = (
-            "" if entry.expires is None
+            ""
+            if entry.expires is None
             else f"; it expires at {time.strftime('%H:%M:%S', time.localtime(entry.expires))}"
         )
         server = next(
@@ -427,4 +431,3 @@ def _probe_socket(family: int) -> socket.socket:
         sock.close()
         raise
     return sock
-

@@ -71,6 +71,7 @@ async def probe_server(
                 release_timeout=config.release_timeout,
                 recover=False,
                 on_event=on_event,
+                max_redirects=config.max_redirects,
             ) as ep:
                 result.update(
                     ok=True,
@@ -79,6 +80,9 @@ async def probe_server(
                     lifetime=ep.lifetime,
                     allocate_ms=round((time.monotonic() - started) * 1000, 1),
                 )
+                if ep.redirected_from:
+                    result["server_address"] = str(ep.server_address)
+                    result["redirected_from"] = [str(a) for a in ep.redirected_from]
     except RelayError as exc:
         result["error"] = str(exc)
         code = getattr(exc.event, "code", None)
@@ -162,6 +166,7 @@ def render_section(data: Any) -> list[str]:
             lines.append(
                 f"{r['server']} over {r['transport'].upper()}: allocation works "
                 f"({r.get('relayed')}, {r.get('allocate_ms')} ms"
+                + (f", on {r['server_address']} by redirect" if r.get("redirected_from") else "")
                 + (", deleted)" if r.get("deleted") else ", not confirmed deleted)")
             )
         else:

@@ -168,9 +168,13 @@ def run_coturn(
     username: str = USER,
     password: str | None = None,
     realm: str = REALM,
+    port: int | None = None,
+    tls_port: int | None = None,
 ) -> Iterator[Coturn]:
     """Start a loopback coturn (see the module docstring); ``extra``: more coturn options,
-    e.g. ``--max-allocate-lifetime=4``, ``--stale-nonce=2``, ``--permission-lifetime=5``."""
+    e.g. ``--max-allocate-lifetime=4``, ``--stale-nonce=2``, ``--permission-lifetime=5``.
+    ``port``/``tls_port``: listen there (default: free ports), e.g. to point two servers'
+    ``--alternate-server`` at each other before either runs."""
     import trustme
 
     if not coturn_available():
@@ -187,8 +191,8 @@ def run_coturn(
     with open(cert_path, "wb") as out:
         for pem in cert.cert_chain_pems:
             out.write(pem.bytes())
-    port = free_port()
-    tls_port = free_port()
+    port = port or free_port()
+    tls_port = tls_port or free_port()
     while tls_port == port:
         tls_port = free_port()
     argv = [
