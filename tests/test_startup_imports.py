@@ -44,15 +44,16 @@ NOT_NEEDED = (
 # What a plugin may load at registration: its package, its entry module, its config module
 # (the table is validated at registration) and hookspecs it adds for other plugins.
 MAY_LOAD = ("plugin", "config", "hookspecs")
+# Core modules listing needs: not the value classes of nattrav.models (registration needs
+# only the enumerations), not the chain, runtime, method API or gateway discovery.
 CORE = {
     "nattrav",
-    "nattrav.addresses",
     "nattrav.cli",
     "nattrav.config",
     "nattrav.direct",
+    "nattrav.enums",
     "nattrav.errors",
     "nattrav.hookspecs",
-    "nattrav.models",
     "nattrav.plugins",
     "nattrav.registry",
 }

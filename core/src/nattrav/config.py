@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
+from nattrav.enums import Goal
 from nattrav.errors import ConfigError
-from nattrav.models import Goal
 
 if TYPE_CHECKING:
     import cattrs

@@ -13,13 +13,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from nattrav.addresses import AddressScope
+from nattrav.enums import CandidateKind
 from nattrav.errors import MethodUnavailable
 from nattrav.hookspecs import hookimpl
-from nattrav.models import Candidate, CandidateKind, Reachability, TransportAddress
 
 # This module is also the built-in plugin, registered at every start: what only an attempt
-# needs (the method API, interface enumeration) is imported when one runs.
+# needs (the values, the method API, interface enumeration) is imported when one runs.
 if TYPE_CHECKING:
     from nattrav.interfaces import InterfaceAddress
     from nattrav.method import Acquisition, AttemptContext
@@ -46,7 +45,9 @@ class DirectMethod:
 
     @asynccontextmanager
     async def acquire(self, ctx: AttemptContext) -> AsyncIterator[Acquisition]:
+        from nattrav.addresses import AddressScope
         from nattrav.method import Acquisition
+        from nattrav.models import Candidate, Reachability, TransportAddress
 
         request = ctx.request
         addresses = self._list(request.families)

@@ -8,7 +8,6 @@ inbound traffic reaches it (``Reachability``).
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -16,6 +15,17 @@ from typing import Any
 import attrs
 
 from nattrav.addresses import format_hostport, parse_hostport
+
+# The enumerations live in nattrav.enums (registration code needs them without these
+# classes) and are part of this module's API as before.
+from nattrav.enums import (
+    AttemptOutcome,
+    CandidateKind,
+    Goal,
+    Inbound,
+    LeaseEventKind,
+    Transport,
+)
 
 __all__ = [
     "AttemptOutcome",
@@ -33,13 +43,6 @@ __all__ = [
     "TraversalRequest",
     "TraversalResult",
 ]
-
-
-class Transport(enum.Enum):
-    """The transport protocol of an endpoint."""
-
-    UDP = "udp"
-    TCP = "tcp"
 
 
 def _normalise_ip(value: str) -> str:
@@ -94,38 +97,6 @@ class TransportAddress:
         """Parse ``IP:PORT`` or ``[IPv6]:PORT`` (IP literals only; resolve names elsewhere)."""
         host, port = parse_hostport(text)
         return cls(host, port, transport)
-
-
-class CandidateKind(enum.Enum):
-    """How a candidate endpoint was obtained, in the chain's order of preference."""
-
-    HOST = "host"  # an address of a local interface
-    SERVER_REFLEXIVE = "srflx"  # what a server saw as our source (STUN)
-    PEER_REFLEXIVE = "prflx"  # what a peer saw during connectivity checks
-    PORT_MAPPED = "mapped"  # a mapping the gateway created on request (UPnP, NAT-PMP, PCP)
-    RELAYED = "relay"  # an address on a relay server (TURN)
-
-    @property
-    def preference(self) -> int:
-        """Lower is better: direct beats reflexive beats mapped beats relayed."""
-        return _KIND_PREFERENCE[self]
-
-
-_KIND_PREFERENCE = {
-    CandidateKind.HOST: 0,
-    CandidateKind.SERVER_REFLEXIVE: 1,
-    CandidateKind.PEER_REFLEXIVE: 1,
-    CandidateKind.PORT_MAPPED: 2,
-    CandidateKind.RELAYED: 3,
-}
-
-
-class Inbound(enum.Enum):
-    """Whether unsolicited inbound traffic reaches a candidate."""
-
-    YES = "yes"
-    NO = "no"
-    UNKNOWN = "unknown"
 
 
 @attrs.frozen
@@ -186,21 +157,6 @@ class Candidate:
         return attrs.evolve(self, reachability=reachability)
 
 
-class Goal(enum.Enum):
-    """What the chain must obtain before it stops.
-
-    ``reachable``: a candidate that accepts unsolicited inbound traffic (``Inbound.YES``);
-    a server-reflexive address behind a filtering NAT is kept as a hole-punching candidate and
-    the chain goes on. ``any``: the first candidate of any kind.
-    """
-
-    REACHABLE = "reachable"
-    ANY = "any"
-
-    def accepts(self, candidate: Candidate) -> bool:
-        return self is Goal.ANY or candidate.reachability.inbound is Inbound.YES
-
-
 @attrs.frozen
 class TraversalRequest:
     """What the application asks the chain for.
@@ -216,18 +172,6 @@ class TraversalRequest:
     lifetime: float = 3600.0
     families: frozenset[int] = attrs.field(default=frozenset({4, 6}), converter=_to_families)
     description: str = "nattrav"
-
-
-class AttemptOutcome(enum.Enum):
-    """How one attempt of one method ended."""
-
-    SUCCEEDED = "succeeded"  # produced a candidate that met the goal
-    INSUFFICIENT = "insufficient"  # produced a candidate that did not meet the goal (kept)
-    FAILED = "failed"
-    UNAVAILABLE = "unavailable"  # not applicable on this network
-    TIMED_OUT = "timed-out"
-    CANCELLED = "cancelled"  # a better method won first
-    SKIPPED = "skipped"  # circuit breaker open, or never started because a winner was found
 
 
 @attrs.frozen
@@ -272,18 +216,6 @@ class TraversalResult:
     @property
     def endpoint(self) -> TransportAddress:
         return self.candidate.address
-
-
-class LeaseEventKind(enum.Enum):
-    """Lifecycle of a held endpoint, as ``nattrav map --json`` prints it."""
-
-    ACQUIRED = "acquired"
-    VERIFIED = "verified"
-    RENEWED = "renewed"
-    LOST = "lost"
-    RECOVERED = "recovered"
-    CHANGED = "changed"  # the public endpoint changed (re-allocation, new external port)
-    RELEASED = "released"
 
 
 @attrs.frozen

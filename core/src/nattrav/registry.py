@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import attrs
 
+from nattrav.enums import CandidateKind, Transport
 from nattrav.errors import PluginError
-from nattrav.models import CandidateKind, PathProperty, Transport
 
 if TYPE_CHECKING:
     from nattrav.method import AttemptContext, TraversalMethod
-    from nattrav.models import Candidate, Reachability, TraversalResult
+    from nattrav.models import Candidate, PathProperty, Reachability, TraversalResult
 
 __all__ = [
     "CommandRegistry",

@@ -11,8 +11,8 @@ import argparse
 from collections.abc import Mapping
 from typing import Any
 
+from nattrav.enums import CandidateKind, Transport
 from nattrav.hookspecs import hookimpl
-from nattrav.models import CandidateKind, Transport
 from nattrav.registry import CommandRegistry, MethodRegistry, OptionRegistry, ReportRegistry
 
 __all__ = [

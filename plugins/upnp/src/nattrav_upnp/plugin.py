@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from nattrav.enums import CandidateKind, Transport
 from nattrav.hookspecs import hookimpl
-from nattrav.models import CandidateKind, Transport
 from nattrav.registry import CommandRegistry, MethodRegistry, ReportRegistry
 
 __all__ = [
