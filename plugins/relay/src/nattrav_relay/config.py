@@ -33,7 +33,6 @@ password in the table (see also the ``nattrav_relay_credentials`` hook, docs/rel
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
@@ -223,6 +222,9 @@ def _check(cfg: RelayConfig) -> list[str]:
 
 
 def _peer_ip(text: str) -> str | None:
+    # Imported here: only a table with ``permit`` entries needs them (not every CLI start).
+    import ipaddress
+
     from nattrav.models import TransportAddress
 
     try:
