@@ -32,7 +32,7 @@ def test_entry_point_registers_method_command_and_report_section() -> None:
     from nattrav_natpmp.method import NatPmpMethod
 
     first, second = spec.factory(), spec.factory()
-    assert isinstance(first, NatPmpMethod)
+    assert isinstance(first, NatPmpMethod) and isinstance(second, NatPmpMethod)
     assert first.errors is second.errors  # PCP error lifetimes hold across a runtime's attempts
 
 
