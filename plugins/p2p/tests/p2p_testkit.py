@@ -1,7 +1,8 @@
 """A fake clock and a tiny simulated internet for driving two sans-IO agents.
 
 Only for the sans-IO tests: the real thing is tested in the lab (``test_lab.py``). Each
-``Site`` is one host behind a NAT (or none) with an optional TURN relay; the NAT keeps
+``Site`` is one host behind a NAT (or none) with an optional TURN relay (two sites can share
+a LAN: their hosts then reach each other without NAT); the NAT keeps
 mappings (endpoint-independent or per destination) and filters inbound packets by what the
 host sent (address-and-port dependent, or endpoint independent). ``World`` moves datagrams
 with a fixed latency, runs both agents' timers in time order, and can drop chosen paths.
@@ -40,6 +41,8 @@ class Site:
     filtering: Literal["apdf", "eif"] = "apdf"
     public_ip: str = ""
     relay: TA | None = None
+    #: Sites with the same non-empty ``lan`` reach each other's host address directly.
+    lan: str = ""
     mappings: dict[TA, TA] = attrs.field(factory=dict)  # destination -> public source
     sent_to: set[tuple[TA, TA]] = attrs.field(factory=set)  # (public source, destination)
     permissions: set[str] = attrs.field(factory=set)
@@ -175,7 +178,9 @@ class World:
 
     def _send(self, peer: Peer, tx: Transmit) -> None:
         site = peer.site
-        if tx.route == "mux":
+        if tx.route == "mux" and self._lan_neighbour(site, tx.destination):
+            src = site.host  # inside the LAN: no NAT on the way
+        elif tx.route == "mux":
             src = site.outbound(tx.destination)
         else:
             assert site.relay is not None and tx.route == relay_route(site.relay)
@@ -188,11 +193,22 @@ class World:
             (self.now + self.latency, next(self._seq), site.name, tx.data, src, tx.destination),
         )
 
+    def _lan_neighbour(self, site: Site, dest: TA) -> bool:
+        return bool(site.lan) and any(
+            p.site is not site and p.site.lan == site.lan and p.site.host == dest
+            for p in self.peers.values()
+        )
+
     def _deliver(self, sender: str, data: bytes, src: TA, dst: TA) -> None:
         for peer in self.peers.values():
             site = peer.site
             if site.name == sender:
                 continue
+            if self._lan_neighbour(self.peers[sender].site, dst) and dst == site.host:
+                self.delivered += 1
+                peer.agent.receive(data, src, "mux", self.now)
+                self._flush(peer)
+                return
             if site.relay is not None and dst == site.relay:
                 if src.host in site.permissions:
                     self.delivered += 1

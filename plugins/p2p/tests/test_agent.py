@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 
+import attrs
 import pytest
 from nattrav.errors import LocalProtocolError
 from nattrav.models import CandidateKind
@@ -23,7 +24,7 @@ from nattrav_p2p.events import (
     Selected,
 )
 from nattrav_stun import codec as c
-from p2p_testkit import TA, Site, World
+from p2p_testkit import TA, Peer, Site, World
 
 RELAY_A = TA("203.0.113.1", 50001)
 RELAY_B = TA("203.0.113.1", 50002)
@@ -332,3 +333,228 @@ def test_set_remote_twice_is_a_local_error() -> None:
     agent.set_remote("VVVV", "q" * 22, [], 0.0)
     with pytest.raises(LocalProtocolError):
         agent.set_remote("VVVV", "q" * 22, [], 0.0)
+
+
+# ---------------------------------------------------------------- re-checks (path change back)
+
+#: Where b's server-reflexive address sits: the punched pair's remote end on a's side.
+B_SRFLX = TA("198.51.100.66", 6000)
+RECHECK_CFG = AgentConfig(
+    consent_interval=0.5,
+    consent_timeout=2.0,
+    backup_interval=0.5,
+    connect_timeout=5.0,
+    recheck_interval=1.0,
+    recheck_max_interval=4.0,
+)
+
+
+def _punched_then_blocked(cfg: AgentConfig) -> tuple[World, list[bool]]:
+    """eim + eim on the punched path, then direct traffic between the sites dies (the relay
+    still works) until ``blocked[0]`` is set to False; returns once both sides moved."""
+    w = World(*sites("eim", "eim"), config=cfg)
+    w.exchange()
+    run_to_selection(w)
+    assert w.a.agent.path is not None and w.a.agent.path.kind == "punched"
+    w.run_until(3.0)
+    blocked = [True]
+    w.drop = lambda name, src, dst: (
+        blocked[0] and src.host != RELAY_A.host and dst.host.startswith("198.51.100")
+    )
+    w.run_while(lambda: not (w.events(w.a, PathChanged) and w.events(w.b, PathChanged)), 20)
+    # The controlled side may move on its own first, then follow the nomination (Limits).
+    w.run_until(w.now + 0.5)
+    for peer in (w.a, w.b):
+        changes = w.events(peer, PathChanged)
+        assert 1 <= len(changes) <= 2
+        assert all(isinstance(e, PathChanged) and e.new.kind == "relay" for _, e in changes)
+    return w, blocked
+
+
+def _changes_after(w: World, peer: Peer, t: float) -> list[PathChanged]:
+    return [e for at, e in w.events(peer, PathChanged) if at > t]  # type: ignore[misc]
+
+
+def _checks_to(w: World, dest: TA, after: float) -> list[tuple[float, float]]:
+    """(first send, last send) of each check transaction a started to ``dest`` after ``after``."""
+    sends: dict[bytes, list[float]] = {}
+    for t, tx in w.a.sent:
+        if t <= after or tx.destination != dest or tx.route != "mux":
+            continue
+        msg = c.decode(tx.data)
+        if msg.cls == c.REQUEST:
+            sends.setdefault(msg.transaction_id, []).append(t)
+    return sorted((ts[0], ts[-1]) for ts in sends.values())
+
+
+def test_a_failed_punched_pair_that_comes_back_is_used_again_after_a_recheck() -> None:
+    cfg = RECHECK_CFG
+    w, blocked = _punched_then_blocked(cfg)
+    moved = w.now
+    w.run_until(moved + 6.0)  # re-checks during the outage fail, quietly
+    assert w.a.agent.stats.rechecks_failed >= 1 and w.b.agent.stats.rechecks_failed >= 1
+    assert not [e for t, e in w.events(w.a, PairFailed) if t > moved]
+    assert w.a.agent.path is not None and w.a.agent.path.kind == "relay"
+    blocked[0] = False
+    healed = w.now
+    w.run_while(
+        lambda: not (_changes_after(w, w.a, healed) and _changes_after(w, w.b, healed)),
+        healed + 20,
+    )
+    for peer in (w.a, w.b):
+        ((at, back),) = [(t, e) for t, e in w.events(peer, PathChanged) if t > healed]
+        assert isinstance(back, PathChanged)
+        assert back.old.kind == "relay" and back.new.kind == "punched"
+        # The next re-check after the path works again finds it: at most one backed-off
+        # wait (or a retransmission of a re-check in flight) plus a check and a nomination.
+        assert at - healed <= cfg.recheck_max_interval + 0.2, (at, healed)
+        assert peer.agent.stats.rechecks_sent >= 2
+    (back_a,) = _changes_after(w, w.a, healed)
+    assert back_a.reason == "a better pair than the relay answers again after a re-check"
+    mirrored(w)
+    assert w.a.agent.stats.rechecks_succeeded + w.b.agent.stats.rechecks_succeeded >= 1
+    # Back on the best pair: nothing is re-checked any more, and it stays put.
+    w.run_until(w.now + 30.0)
+    for peer in (w.a, w.b):
+        assert len(_changes_after(w, peer, healed)) == 1
+        assert all(p.recheck_at is None for p in peer.agent.pairs.values())
+        assert [p.nominated for p in peer.agent.pairs.values()].count(True) == 1
+    assert not w.events(w.a, Failed) and not w.events(w.b, Failed)
+
+
+def test_a_dead_pair_is_rechecked_with_backoff_and_the_relay_stays() -> None:
+    cfg = attrs.evolve(RECHECK_CFG, recheck_max_interval=8.0)
+    w, _blocked = _punched_then_blocked(cfg)
+    ((moved, _),) = w.events(w.a, PathChanged)  # a (controlling) moves once
+    events_at_move = len(w.a.events), len(w.b.events)
+    w.run_until(moved + 120.0)
+    checks = _checks_to(w, B_SRFLX, moved)
+    # The first re-check ``recheck_interval`` after the move (+ pacing), then each one
+    # ``recheck_interval`` x 2, x 4 ... after the previous one failed, up to the maximum.
+    assert checks[0][0] - moved == pytest.approx(cfg.recheck_interval, abs=0.11)
+    waits = [nxt[0] - (prev[0] + cfg.check_timeout) for prev, nxt in itertools.pairwise(checks)]
+    expected = [min(cfg.recheck_interval * 2**n, cfg.recheck_max_interval) for n in range(1, 20)]
+    assert waits == pytest.approx(expected[: len(waits)], abs=0.11)
+    assert len(waits) >= 8 and waits[-4:] == pytest.approx([cfg.recheck_max_interval] * 4, abs=0.11)
+    # A dead path costs one check (check_sends datagrams at most) per max wait + check.
+    late = [c for c in checks if c[0] > moved + 60.0]
+    assert len(late) <= 60.0 / (cfg.recheck_max_interval + cfg.check_timeout) + 1
+    # No churn: still on the relay, no event at all since the move, nothing failed.
+    for peer, before in zip((w.a, w.b), events_at_move, strict=True):
+        assert peer.agent.path is not None and peer.agent.path.kind == "relay"
+        assert len(peer.events) == before, peer.events[before:]
+        assert peer.agent.stats.rechecks_failed >= 8
+        assert peer.agent.stats.rechecks_succeeded == 0
+    # The application keeps its relay path with consent.
+    selected = w.a.agent.selected
+    assert selected is not None and selected.last_answer is not None
+    assert w.now - selected.last_answer < cfg.consent_timeout
+
+
+def test_no_recheck_traffic_while_on_the_best_pair() -> None:
+    w = World(*sites("eim", "eim"), config=RECHECK_CFG)
+    w.exchange()
+    run_to_selection(w)
+    w.run_until(10.0)  # the initial checks are over
+    start = w.now
+    w.run_until(start + 60.0)
+    for peer in (w.a, w.b):
+        agent = peer.agent
+        assert agent.path is not None and agent.path.kind == "punched"
+        assert agent.stats.rechecks_sent == 0
+        # A host pair between the two LANs never worked and ranks above the punched pair:
+        # it is not a target (only a relayed path, or a better pair that worked, is).
+        selected = agent.selected
+        assert selected is not None
+        assert any(
+            p.state is PairState.FAILED and p.priority > selected.priority
+            for p in agent.pairs.values()
+        )
+        assert all(p.recheck_at is None for p in agent.pairs.values())
+        valid = {p.remote.address for p in agent.pairs.values() if p.state is PairState.SUCCEEDED}
+        asked = {
+            tx.destination
+            for t, tx in peer.sent
+            if t > start and c.decode(tx.data).cls == c.REQUEST
+        }
+        assert asked and asked <= valid, (asked, valid)
+
+
+def test_rechecks_off_keep_the_path_change_one_way() -> None:
+    cfg = attrs.evolve(RECHECK_CFG, recheck_interval=0.0)
+    w, blocked = _punched_then_blocked(cfg)
+    moved = w.now
+    blocked[0] = False
+    w.run_until(moved + 30.0)
+    assert w.a.agent.path is not None and w.a.agent.path.kind == "relay"
+    assert not _changes_after(w, w.a, moved) and not _changes_after(w, w.b, moved)
+    assert not _checks_to(w, B_SRFLX, moved + 0.5)
+    assert w.a.agent.stats.rechecks_sent == 0
+
+
+@pytest.mark.parametrize("unblock_after", [0.45, 0.6, 0.9])
+def test_controlled_side_checks_a_stale_backup_before_following_a_renomination(
+    unblock_after: float,
+) -> None:
+    """Seen in the lab: the controlled side was nominated away from the punched pair before
+    its own consent ran out, so that pair stayed a backup with a last answer from before the
+    outage. The path came back and the peer renominated it before a keepalive got through:
+    selecting it at once lost consent on the spot and the two sides ended on different pairs
+    (the peer's data on the punched pair then dropped). It must check the pair first."""
+    w = World(*sites("eim", "eim"), config=RECHECK_CFG, seed=4)
+    w.exchange()
+    run_to_selection(w)
+    w.run_until(3.0)
+    blocked = [True]
+    w.drop = lambda name, src, dst: (
+        blocked[0] and src.host != RELAY_A.host and dst.host.startswith("198.51.100")
+    )
+    w.run_while(lambda: not (w.events(w.a, PathChanged) and w.events(w.b, PathChanged)), 20)
+    assert not w.events(w.b, ConsentLost)  # the case: b was moved by the nomination
+    ((moved, _),) = w.events(w.a, PathChanged)
+    w.run_until(moved + unblock_after)
+    blocked[0] = False
+    healed = w.now
+    w.run_until(healed + 15.0)
+    assert not [t for t, _ in w.events(w.b, ConsentLost) if t > healed]
+    for peer in (w.a, w.b):
+        assert peer.agent.path is not None and peer.agent.path.kind == "punched"
+        (back,) = _changes_after(w, peer, healed)
+        assert back.new.kind == "punched"
+    mirrored(w)
+
+
+def test_a_better_direct_pair_that_comes_back_replaces_a_working_punched_one() -> None:
+    """Not only the relay: two hosts on one LAN talk over their host pair (``direct``); when
+    the LAN path dies they move to the punched pair through their NATs (no relay involved),
+    and when the LAN path is back the re-check of the host pair moves them back to it."""
+    a, b = sites("eim", "eim", relays=False)
+    a.lan = b.lan = "home"
+    w = World(a, b, config=RECHECK_CFG)
+    w.exchange()
+    run_to_selection(w)
+    assert w.a.agent.path is not None and w.a.agent.path.kind == "direct"
+    w.run_until(5.0)  # the punched pair is checked too and kept alive as a backup
+    blocked = [True]
+    w.drop = lambda name, src, dst: blocked[0] and dst.host.startswith("192.168.")
+    w.run_while(lambda: not (w.events(w.a, PathChanged) and w.events(w.b, PathChanged)), 20)
+    w.run_until(w.now + 5.0)
+    for peer in (w.a, w.b):
+        assert peer.agent.path is not None and peer.agent.path.kind == "punched"
+    assert w.a.agent.stats.rechecks_failed >= 1  # the host pair worked before: re-checked
+    blocked[0] = False
+    healed = w.now
+    w.run_while(
+        lambda: not (_changes_after(w, w.a, healed) and _changes_after(w, w.b, healed)),
+        healed + 20,
+    )
+    (back,) = _changes_after(w, w.a, healed)
+    assert back.old.kind == "punched" and back.new.kind == "direct"
+    assert back.reason == "a better pair answers again after a re-check"
+    assert w.now - healed <= RECHECK_CFG.recheck_max_interval + 0.2
+    w.run_until(w.now + 20.0)
+    for peer in (w.a, w.b):
+        assert peer.agent.path is not None and peer.agent.path.kind == "direct"
+        assert len(_changes_after(w, peer, healed)) == 1
+        assert all(p.recheck_at is None for p in peer.agent.pairs.values())
+    mirrored(w)

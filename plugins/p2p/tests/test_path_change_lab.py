@@ -1,4 +1,5 @@
-"""Path change for real: a punched path breaks in the lab and the connection moves on its own.
+"""Path change for real: a punched path breaks in the lab, the connection moves to the relay on
+its own, and moves back to the punched path once it works again.
 
 Two eim sites, each peer in its own thread inside its LAN host (as in ``test_lab.py``), with
 the lab's coturn configured so each side also holds a TURN allocation. The connection comes
@@ -7,11 +8,14 @@ checked too and kept alive as backups. Then a table of our own in site 1's route
 UDP between the two sites' public addresses (not to coturn): the punched pair stops
 answering consent checks, and after ``consent_timeout`` the agents must move to the relay on
 the same connection object, with the application's datagrams flowing both ways again. The
-block is then removed and the connection must keep working.
+block is then removed: the agents' re-checks of the failed punched pair get answers again and
+the connection must move back to the punched path (a second ``PathChanged``, relay ->
+punched), with data both ways over it.
 
-Consent timing is shortened through ``[plugins.p2p]`` so the whole test stays a few seconds:
-the time to the move is bounded by ``consent_timeout`` after the last answer, and the last
-answer came at most one consent interval (+20 %) before the block.
+Consent and re-check timing are shortened through ``[plugins.p2p]`` so the whole test stays a
+few seconds: the time to the move is bounded by ``consent_timeout`` after the last answer, and
+the last answer came at most one consent interval (+20 %) before the block; the time back is
+bounded by the longest wait between two re-check datagrams (see ``RETURN_BOUND``).
 """
 
 from __future__ import annotations
@@ -34,10 +38,17 @@ BLOCK_TABLE = "nattrav_p2p_path_change"
 CONSENT_INTERVAL = 0.5
 CONSENT_TIMEOUT = 2.0
 BACKUP_INTERVAL = 0.5
+RECHECK_INTERVAL = 0.5
+RECHECK_MAX_INTERVAL = 1.0
+#: The defaults: a check retransmits after 0.2, 0.4, 0.8, 1.6 s and fails after 3 s.
+CHECK_TIMEOUT = 3.0
 P2P = {
     "consent_interval": CONSENT_INTERVAL,
     "consent_timeout": CONSENT_TIMEOUT,
     "backup_interval": BACKUP_INTERVAL,
+    "recheck_interval": RECHECK_INTERVAL,
+    "recheck_max_interval": RECHECK_MAX_INTERVAL,
+    "check_timeout": CHECK_TIMEOUT,
 }
 #: Consent is lost ``consent_timeout`` after the last answer, which came at most one
 #: randomised consent interval (+20 %) before the block; the new pair is then nominated with
@@ -46,7 +57,13 @@ SLACK = 2.0
 MOVE_BOUND = CONSENT_TIMEOUT + 1.2 * CONSENT_INTERVAL + SLACK
 #: Nothing can move before the punched pair's consent runs out.
 MOVE_EARLIEST = CONSENT_TIMEOUT - 1.2 * CONSENT_INTERVAL - 0.5
-#: How often each peer sends a datagram (the application keeps talking through the outage).
+#: Back to the punched pair after the unblock: while the path is dead a re-check datagram
+#: leaves at least every ``check_timeout`` (a re-check's retransmissions, then its failure)
+#: + ``recheck_max_interval`` (the wait before the next one); the first that gets through is
+#: answered and the controlling side nominates the pair with one more check.
+RETURN_BOUND = (
+    CHECK_TIMEOUT + RECHECK_MAX_INTERVAL + SLACK
+)  #: How often each peer sends a datagram (the application keeps talking through the outage).
 SEND_EVERY = 0.05
 PHASE_TIMEOUT = 12.0
 
@@ -62,6 +79,9 @@ class Shared:
         factory=lambda: {"offer": threading.Event(), "answer": threading.Event()}
     )
     healed: dict[str, threading.Event] = attrs.field(
+        factory=lambda: {"offer": threading.Event(), "answer": threading.Event()}
+    )
+    back: dict[str, threading.Event] = attrs.field(
         factory=lambda: {"offer": threading.Event(), "answer": threading.Event()}
     )
     blocked: threading.Event = attrs.field(factory=threading.Event)
@@ -97,6 +117,19 @@ class PeerLog:
         from nattrav_p2p.events import PathChanged
 
         return next(((t, e) for t, e in self.events if isinstance(e, PathChanged)), None)
+
+    def change_back(self, after: float) -> tuple[float, Any] | None:
+        """The first move to the punched path after ``after``."""
+        from nattrav_p2p.events import PathChanged
+
+        return next(
+            (
+                (t, e)
+                for t, e in self.events
+                if t > after and isinstance(e, PathChanged) and e.new.kind == "punched"
+            ),
+            None,
+        )
 
 
 def _consent_rounds(stats: dict[str, Any]) -> int:
@@ -184,15 +217,25 @@ async def _peer(signal: Any, role: str, config: Any, shared: Shared, log: PeerLo
                 "data both ways after the path change",
             )
             shared.moved[role].set()
-            # 3. The block is gone: the connection keeps working.
+            # 3. The block is gone: re-checks find the punched pair again and the connection
+            # moves back to it, with data both ways sent after the move.
             await _wait_for(shared.unblocked.is_set, shared, "the unblock")
             await _wait_for(
+                lambda: log.change_back(shared.unblocked_at) is not None,
+                shared,
+                "the move back to the punched path",
+            )
+            back = log.change_back(shared.unblocked_at)
+            assert back is not None
+            shared.back[role].set()
+            await _wait_for(
                 lambda: (
-                    log.received_after(shared.unblocked_at)
-                    and log.acked_sent_after(shared.unblocked_at)
+                    log.received_after(back[0])
+                    and log.acked_sent_after(back[0])
+                    and conn.path.kind == "punched"
                 ),
                 shared,
-                "data both ways after the unblock",
+                "data both ways after the move back",
             )
             shared.healed[role].set()
             # Keep answering until the peer is done too.
@@ -247,16 +290,22 @@ def _timings(logs: dict[str, PeerLog], shared: Shared) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for role, log in logs.items():
         change = log.first_change()
+        back = log.change_back(shared.unblocked_at)
         out[role] = {
             "move_s": None if change is None else round(change[0] - shared.blocked_at, 3),
             "how": None if change is None else change[1].reason,
+            "back_s": None if back is None else round(back[0] - shared.unblocked_at, 3),
+            "how_back": None if back is None else back[1].reason,
             "final_kind": None if log.last_path is None else log.last_path["kind"],
             "path_changes": None if log.stats is None else log.stats["path_changes"],
+            "rechecks": None if log.stats is None else log.stats["agent"]["rechecks_sent"],
         }
     return out
 
 
-def test_a_broken_punched_path_moves_to_the_relay_without_reconnecting(lab_factory: Any) -> None:
+def test_a_broken_punched_path_moves_to_the_relay_and_back_without_reconnecting(
+    lab_factory: Any,
+) -> None:
     from nattrav_p2p.events import ConsentLost, Failed, PathChanged
     from nattrav_p2p.signals import thread_signal_pair
 
@@ -294,7 +343,8 @@ def test_a_broken_punched_path_moves_to_the_relay_without_reconnecting(lab_facto
         blocked = False
         shared.unblocked_at = time.monotonic()
         shared.unblocked.set()
-        _wait_all(shared.healed, logs, "data both ways after the unblock")
+        _wait_all(shared.back, logs, "move back to the punched path")
+        _wait_all(shared.healed, logs, "data both ways after the move back")
     except BaseException:
         shared.abort.set()  # let the peers end instead of waiting for steps that never come
         raise
@@ -337,7 +387,22 @@ def test_a_broken_punched_path_moves_to_the_relay_without_reconnecting(lab_facto
     assert consent and consent[0].path.kind == "punched"
     offer_change = offer.first_change()
     assert offer_change is not None and "consent lost" in offer_change[1].reason
+    # 3. Back on the punched path once it works again, on both sides, within the bound the
+    # re-check schedule gives; the data sent after the move went over it and was answered.
+    for log in (offer, answer):
+        back = log.change_back(shared.unblocked_at)
+        assert back is not None, (log.role, log.events)
+        at, event = back
+        assert event.old.kind == "relay" and event.new.kind == "punched", event
+        assert at - shared.unblocked_at <= RETURN_BOUND, (log.role, at - shared.unblocked_at)
+        assert log.received_after(at) and log.acked_sent_after(at)
+        assert any(kind == "punched" for sent_at, _, kind in log.sent if sent_at > at)
+    # The controlling side's re-check found the pair (the controlled side may have been
+    # nominated before its own re-check: it then checks the pair and follows).
+    assert offer.stats is not None and offer.stats["agent"]["rechecks_sent"] >= 1
+    offer_back = offer.change_back(shared.unblocked_at)
+    assert offer_back is not None and "re-check" in offer_back[1].reason
     # Nothing failed, before or after the block was removed, and both ends agree on the path.
     assert not any(isinstance(e, Failed) for log in logs.values() for _, e in log.events)
     assert offer.last_path is not None and answer.last_path is not None
-    assert offer.last_path["kind"] == answer.last_path["kind"]
+    assert offer.last_path["kind"] == answer.last_path["kind"] == "punched"

@@ -55,6 +55,24 @@ that hold their NAT bindings open). When the selected pair has had no answer for
 to the best other pair still answering (the controlling side nominates it), or checks every
 pair again and nominates what works; ``Failed`` only when nothing works for
 ``connect_timeout``.
+
+Re-checks (path change back): a pair that failed is not given up for good. While the
+selected pair is relayed, every failed pair that is not relayed is a *re-check target*; while
+a direct or punched pair is selected, the targets are the failed pairs of higher priority that
+worked before (lost consent or keepalives). Each target has its own schedule: an ordinary
+authenticated check ``recheck_interval`` after it became a target, then, after each re-check
+that failed, a wait of twice the previous one, up to ``recheck_max_interval``; a check on it
+for another reason (the peer's check triggered one) counts as its re-check, and a pair that
+is no target any more starts afresh next time. A re-check that gets an answer makes the
+pair valid again and the controlling agent renominates it as for any upgrade (a better pair
+than the relay, or a better pair that came back), so both sides move back with a
+``PathChanged``. The controlled agent re-checks on its own schedule too: on address-and-port
+dependent NATs a path comes back when both ends send, and the peer's check arriving on a
+failed pair gets a triggered check back (§7.3.1.4) and is followed by the nomination. A
+nomination of a pair whose last answer is older than ``consent_timeout`` (a backup whose
+keepalives are still failing) is followed only once a check on it is answered: selecting it
+at once would lose consent on the spot. A failed re-check is quiet (no ``PairFailed``: the
+pair was failed already), counted in ``stats``.
 """
 
 from __future__ import annotations
@@ -185,6 +203,14 @@ class Pair:
     rtt: float | None = None
     checks_sent: int = 0
     checks: dict[bytes, _Check] = attrs.field(factory=dict)
+    #: A failed pair being checked again after the selection (a re-check round, or the
+    #: peer's check arrived on it); ``recovered``: such a check got an answer.
+    rechecking: bool = False
+    recovered: bool = False
+    #: The re-check schedule of a failed pair (see the module docstring): when the next
+    #: re-check starts, and the wait after the next one that fails (doubling).
+    recheck_at: float | None = None
+    recheck_delay: float = 0.0
 
     @property
     def route(self) -> str:
@@ -220,6 +246,9 @@ class AgentStats:
     pairs_succeeded: int = 0
     pairs_failed: int = 0
     path_changes: int = 0
+    rechecks_sent: int = 0
+    rechecks_failed: int = 0
+    rechecks_succeeded: int = 0
 
 
 class Agent:
@@ -263,7 +292,7 @@ class Agent:
         self.path: Path | None = None
         self._path_how = ""
         self._need_path = False
-        self._recheck_at: float | None = None
+        self._search_since: float | None = None
         self._next_consent: float | None = None
         self.done = False
         self._now = 0.0
@@ -473,6 +502,7 @@ class Agent:
             check.txn.receive_message(msg, (source.host, source.port), now)
             self._collect(pair, msg.transaction_id, check, now)
         self._evaluate(now)
+        self._recheck(now)
         self._pace(now)
         return True
 
@@ -560,11 +590,26 @@ class Agent:
             if pair is None:
                 return
         if use:
+            # The latest USE-CANDIDATE wins: an older one still waiting for its check's
+            # answer must not move us later.
+            for other in self.pairs.values():
+                other.nominate_on_success = False
             pair.nominate_on_success = True
         if pair.state is PairState.SUCCEEDED:
-            if use:
+            if not use:
+                return
+            if self._fresh(pair, now):
                 self._select(pair, now, "nominated by the peer")
+                return
+            # A backup whose answers stopped more than ``consent_timeout`` ago (its failing
+            # keepalives have not ended yet): selecting it would lose consent at once. Check
+            # it first and follow the nomination when it answers.
+            self._trigger(pair, front=True)
             return
+        if pair.state is PairState.FAILED and self.selected is not None and not self._need_path:
+            # The peer re-checks a pair that failed here: check it again with it (that is
+            # what opens an address-and-port dependent NAT again), quietly if it fails.
+            pair.rechecking = True
         # §7.3.1.4: a triggered check, even when one is in flight (see the docstring).
         if pair.state is not PairState.IN_PROGRESS:
             pair.state = PairState.WAITING
@@ -663,6 +708,8 @@ class Agent:
         if purpose in ("check", "nominate"):
             self._last_check_at = now
             self._last_progress = now
+            if pair.rechecking:
+                self.stats.rechecks_sent += 1
         self._flush(pair, txn)
 
     def _flush(self, pair: Pair, txn: StunTransaction) -> None:
@@ -704,8 +751,17 @@ class Agent:
             pair.seen_as = TransportAddress(mapped.host, mapped.port)
         if pair.next_keepalive is None:
             pair.next_keepalive = now + self.config.backup_interval
-        if first:
+        if pair.rechecking:
+            # A failed pair answers again: valid (a backup, or an upgrade: ``_evaluate``).
+            pair.rechecking = False
+            pair.recovered = True
+            pair.recheck_at = None
+            pair.recheck_delay = 0.0
+            pair.next_keepalive = now + self.config.backup_interval
+            self.stats.rechecks_succeeded += 1
+        elif first:
             self.stats.pairs_succeeded += 1
+        if first:
             self._last_progress = now
             self._events.append(
                 PairSucceeded(pair.local.address, pair.remote.address, pair.route, now)
@@ -742,6 +798,11 @@ class Agent:
         if pair.state is PairState.SUCCEEDED:
             return
         pair.state = PairState.FAILED
+        if pair.rechecking:
+            # Still dead: quiet (it was failed already); ``_recheck`` schedules the next one.
+            pair.rechecking = False
+            self.stats.rechecks_failed += 1
+            return
         self.stats.pairs_failed += 1
         self._events.append(PairFailed(pair.local.address, pair.remote.address, pair.route, reason))
 
@@ -776,11 +837,18 @@ class Agent:
             return
         path = self._make_path(pair, how)
         old = self.path
+        if self.selected is not None and self.selected is not pair:
+            self.selected.nominated = False  # ``nominated``: the pair in use, one at a time
+        pair.recovered = False
         self.selected = pair
         self.path = path
         self._need_path = False
-        self._recheck_at = None
+        self._search_since = None
         self._next_consent = now + self._consent_delay()
+        if pair.last_answer is None or now - pair.last_answer > self.config.consent_interval:
+            # A backup answered its last keepalive a while ago: renew its consent at once
+            # rather than a consent interval from now, which may be too late.
+            self._next_consent = now
         if old is None:
             self._events.append(Selected(path, now))
         else:
@@ -796,6 +864,10 @@ class Agent:
         self._path_how = how
         pair.want_nominate = True
         self._trigger(pair, front=True)
+
+    def _fresh(self, pair: Pair, now: float) -> bool:
+        """The pair answered a check within ``consent_timeout`` (RFC 7675 consent)."""
+        return pair.last_answer is not None and now < pair.last_answer + self.config.consent_timeout
 
     def _valid(self, *, relayed: bool | None = None, fresh_at: float | None = None) -> list[Pair]:
         out = []
@@ -818,7 +890,7 @@ class Agent:
             return
         cfg = self.config
         searching = self.selected is None or self._need_path
-        since = self._recheck_at if self._recheck_at is not None else self.checks_started_at
+        since = self._search_since if self._search_since is not None else self.checks_started_at
         if self.controlling and self._nominating is None:
             direct = self._valid(relayed=False, fresh_at=now)
             if searching and direct:
@@ -844,7 +916,17 @@ class Agent:
                     )
                     self._nominate(relayed[0], why)
             elif self.selected is not None and self.selected.relayed and direct:
-                self._nominate(direct[0], "a better pair than the relay started working")
+                best = direct[0]
+                self._nominate(
+                    best,
+                    "a better pair than the relay answers again after a re-check"
+                    if best.recovered
+                    else "a better pair than the relay started working",
+                )
+            elif self.selected is not None:
+                back = [p for p in direct if p.recovered and p.priority > self.selected.priority]
+                if back:
+                    self._nominate(back[0], "a better pair answers again after a re-check")
         if searching and now >= since + cfg.connect_timeout:
             self._fail(
                 f"no candidate pair worked within {cfg.connect_timeout:g} s "
@@ -910,7 +992,7 @@ class Agent:
             self._pending.pop(tid, None)
         pair.checks.clear()
         self._need_path = True
-        self._recheck_at = now
+        self._search_since = now
         why = f"consent lost on {self.path.kind} path to {self.path.remote}"
         fresh = self._valid(fresh_at=now)
         if fresh:
@@ -927,8 +1009,54 @@ class Agent:
         self._path_how = why + "; re-checked every pair"
         self._first_valid_at = None
         for other in self.pairs.values():
+            other.rechecking = False  # an ordinary search now, with ordinary outcomes
             if other.state is not PairState.IN_PROGRESS:
                 other.state = PairState.WAITING
+
+    # ------------------------------------------------------------------ re-checks
+
+    def _is_recheck_target(self, pair: Pair) -> bool:
+        """A failed pair worth checking again: not relayed, better than the selected pair,
+        and (unless the selected pair is relayed) one that worked before."""
+        selected = self.selected
+        return (
+            selected is not None
+            and (pair.state is PairState.FAILED or pair.rechecking)
+            and not pair.relayed
+            and pair.priority > selected.priority
+            and (selected.relayed or pair.last_answer is not None)
+        )
+
+    def _recheck(self, now: float) -> None:
+        """Keep each re-check target's schedule: first ``recheck_interval`` after it became
+        one, then ``recheck_interval`` x 2, x 4... (up to ``recheck_max_interval``) after
+        each re-check that failed; a pair that is no target any more starts afresh."""
+        cfg = self.config
+        active = (
+            cfg.recheck_interval > 0
+            and self.selected is not None
+            and not self._need_path
+            and not self.done
+        )
+        for pair in self.pairs.values():
+            if not active or not self._is_recheck_target(pair):
+                pair.recheck_at = None
+                pair.recheck_delay = 0.0
+                continue
+            if pair.checks or pair.rechecking:
+                # Being checked (ours, or one the peer's check triggered): that is the
+                # re-check; the wait starts again when it ends.
+                pair.recheck_at = None
+                continue
+            if pair.recheck_at is None:
+                if pair.recheck_delay <= 0:
+                    pair.recheck_delay = cfg.recheck_interval
+                pair.recheck_at = now + pair.recheck_delay
+            elif now >= pair.recheck_at:
+                pair.recheck_at = None
+                pair.recheck_delay = min(pair.recheck_delay * 2, cfg.recheck_max_interval)
+                pair.rechecking = True
+                self._trigger(pair)
 
     # ------------------------------------------------------------------ timers
 
@@ -947,7 +1075,7 @@ class Agent:
                     times.append(t)
         cfg = self.config
         if self.checks_started_at is not None:
-            since = self._recheck_at if self._recheck_at is not None else self.checks_started_at
+            since = self._search_since if self._search_since is not None else self.checks_started_at
             if self.selected is None or self._need_path:
                 decisions.append(since + cfg.connect_timeout)
                 if self._first_valid_at is not None:
@@ -968,6 +1096,8 @@ class Agent:
                         and pair.next_keepalive is not None
                     ):
                         times.append(pair.next_keepalive)
+                    if pair.recheck_at is not None:
+                        times.append(pair.recheck_at)
         times.extend(t for t in decisions if t > self._now)
         return min(times) if times else None
 
@@ -985,4 +1115,5 @@ class Agent:
                     self._collect(pair, tid, check, now)
         self._consent(now)
         self._evaluate(now)
+        self._recheck(now)
         self._pace(now)

@@ -13,6 +13,8 @@ Example::
     consent_interval = 5.0   # consent check on the selected pair (s), RFC 7675
     consent_timeout = 30.0   # no consent for this long: the pair is lost (s)
     backup_interval = 15.0   # keepalive checks on the other working pairs (s)
+    recheck_interval = 5.0   # first re-check of a failed better pair while on a worse one (s)
+    recheck_max_interval = 60.0  # re-checks back off (doubling) up to this (s)
     signal_timeout = 60.0    # how long to wait for the peer's offer or answer (s)
     families = [4, 6]        # IP families to connect over
     include_loopback = false # offer loopback host candidates (two peers on one machine)
@@ -49,6 +51,13 @@ class AgentConfig:
     consent_interval: float = 5.0
     consent_timeout: float = 30.0
     backup_interval: float = 15.0
+    #: While the selected pair is relayed (or a better pair that worked before has failed),
+    #: failed non-relayed pairs are checked again this long after the move, then after
+    #: twice that, ... up to ``recheck_max_interval``: a path that comes back is used again,
+    #: a path that stays dead costs one check per pair per ``recheck_max_interval``.
+    #: 0 turns re-checks off (a path change is then one way).
+    recheck_interval: float = 5.0
+    recheck_max_interval: float = 60.0
     max_pairs: int = 100
 
     def problems(self, prefix: str = "[plugins.p2p]") -> list[str]:
@@ -61,16 +70,22 @@ class AgentConfig:
             "consent_interval",
             "consent_timeout",
             "backup_interval",
+            "recheck_max_interval",
         ):
             if getattr(self, key) <= 0:
                 out.append(f"{prefix} {key} must be > 0, got {getattr(self, key)}")
-        for key in ("nomination_delay", "relay_bound"):
+        for key in ("nomination_delay", "relay_bound", "recheck_interval"):
             if getattr(self, key) < 0:
                 out.append(f"{prefix} {key} must be >= 0, got {getattr(self, key)}")
         if self.check_sends < 1:
             out.append(f"{prefix} check_sends must be >= 1, got {self.check_sends}")
         if self.max_pairs < 1:
             out.append(f"{prefix} max_pairs must be >= 1, got {self.max_pairs}")
+        if self.recheck_interval > 0 and self.recheck_max_interval < self.recheck_interval:
+            out.append(
+                f"{prefix} recheck_max_interval ({self.recheck_max_interval}) must be >= "
+                f"recheck_interval ({self.recheck_interval})"
+            )
         if self.consent_timeout <= self.consent_interval:
             out.append(
                 f"{prefix} consent_timeout ({self.consent_timeout}) must exceed "
