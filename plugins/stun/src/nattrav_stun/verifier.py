@@ -10,7 +10,12 @@ server to make a packet arrive from an address the application never talked to:
   speak for it), then a Binding with CHANGE-REQUEST "change IP and port". The answer comes
   from OTHER-ADDRESS: if it arrives, inbound works (``proven``). If it does not, the verdict is
   ``refused`` only after the server showed, to a separate socket, that its alternate address
-  answers at all; otherwise ``None`` (cannot tell).
+  answers at all; otherwise ``None`` (cannot tell). Alongside these steps, from the start, one
+  more CHANGE-REQUEST goes out with its own retransmissions: its answer alone proves inbound
+  (it says what the server saw, and comes from an address this port never sent to). On a lossy
+  link the steps in order need two exchanges to get through within the chain's bound of the
+  verification (a cold RTO of 0.5 s allows three sends in 2 s); this one needs one, so a lost
+  plain Binding no longer costs a working public address its proof.
 * port-mapped candidates (UPnP, NAT-PMP, PCP): from a separate socket behind the same NAT
   (its public IP must be the candidate's), first check that the server honours
   RESPONSE-PORT (aimed at that socket's own mapping), then ask for the answer to be sent to
@@ -32,6 +37,7 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from typing import Any
 
+import anyio
 from nattrav.method import AttemptContext
 from nattrav.models import Candidate, CandidateKind, Reachability, Transport
 
@@ -109,6 +115,81 @@ class StunVerifier:
         return None
 
     async def _reflexive(
+        self,
+        client: StunClient,
+        candidate: Candidate,
+        server: ServerAddress,
+        app: Endpoint,
+        mux: Any,
+        ctx: AttemptContext | None = None,
+    ) -> Reachability | None:
+        """The steps in order (``_stepwise``) and, alongside, the one-exchange proof
+        (``_change_request_proof``): a proof from either is the verdict; otherwise what the
+        steps concluded (their end cancels the other)."""
+        verdict: Reachability | None = None
+        failed: StunError | None = None
+        async with anyio.create_task_group() as tg:
+
+            async def alongside() -> None:
+                nonlocal verdict
+                proof = await self._change_request_proof(client, candidate, server, app, mux, ctx)
+                if proof is not None:
+                    verdict = proof
+                    tg.cancel_scope.cancel()
+
+            tg.start_soon(alongside)
+            try:
+                verdict = await self._stepwise(client, candidate, server, app, mux, ctx)
+            except StunError as exc:
+                failed = exc
+            tg.cancel_scope.cancel()
+        if verdict is None and failed is not None:
+            raise failed
+        return verdict
+
+    async def _change_request_proof(
+        self,
+        client: StunClient,
+        candidate: Candidate,
+        server: ServerAddress,
+        app: Endpoint,
+        mux: Any,
+        ctx: AttemptContext | None = None,
+    ) -> Reachability | None:
+        """One CHANGE-REQUEST from the application's port, sent at once: ``proven`` when its
+        answer saw the candidate and came from another IP and port, none of which this port
+        ever sent to (checked when it arrives); otherwise ``None``, never a refusal (silence
+        is judged by the steps, which know the alternate address answers)."""
+        family = candidate.address.family
+        target = Address(candidate.address.host, candidate.address.port)
+        epoch = mapping_epoch(mux)
+        try:
+            answer = await traced_binding(
+                client,
+                ctx,
+                server,
+                purpose="verify: change-request to the candidate, at once",
+                endpoint=app,
+                attributes={CHANGE_REQUEST: CHANGE_IP | CHANGE_PORT},
+                accept_from=None,
+                families=frozenset({family}),
+            )
+        except StunError:
+            return None
+        source = answer.source
+        if (
+            answer.mapped != target
+            or source.host == answer.server.host
+            or source.port == answer.server.port
+            or port_talked_to(mux, source.host)
+            or port_forwarded(mux, epoch)
+        ):
+            return None  # another address, CHANGE-REQUEST ignored, or let in another way
+        return Reachability.proven(
+            f"STUN CHANGE-REQUEST: {source}, an address this port never sent to, reached {target}"
+        )
+
+    async def _stepwise(
         self,
         client: StunClient,
         candidate: Candidate,
