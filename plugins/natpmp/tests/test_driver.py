@@ -184,7 +184,14 @@ async def test_nothing_answering_costs_one_probe_window() -> None:
             await client.create(Transport.UDP, 40000, lifetime=60)
         elapsed = anyio.current_time() - start
         assert 0.29 <= elapsed < 2.0
-        assert len(gw.requests) == 4  # PCP and NAT-PMP, at 0 and 0.25 s
+        # PCP and NAT-PMP at 0 s and once more at 0.25 s; on a loaded machine the 0.3 s
+        # window may close before the resend goes out, and the gateway task may still be
+        # reading the last datagram: give it a moment, then bound what was sent.
+        with anyio.move_on_after(0.5):
+            while len(gw.requests) < 4:
+                await anyio.sleep(0.01)
+        assert {r.version for r in gw.requests} == {0, 2}, gw.requests
+        assert 2 <= len(gw.requests) <= 4, gw.requests
 
 
 async def test_closed_port_fails_fast_on_icmp() -> None:
