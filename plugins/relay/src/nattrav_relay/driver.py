@@ -568,8 +568,9 @@ class RelayEndpoint:
         try:
             await self._drive(answered, self.allocate_timeout)
         except (TimeoutError, TransportError) as exc:
+            why = str(exc) or f"no answer within {self.allocate_timeout:.1f} s"
             for ip in waiting:
-                self.permit_failures[ip] = f"no answer: {exc or 'timeout'}"
+                self.permit_failures[ip] = f"{why} (still retrying)"
         for ip, reason in self.permit_failures.items():
             log.warning("relay: permission for %s not installed: %s", ip, reason)
 
