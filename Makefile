@@ -30,6 +30,7 @@ venv: $(VENV)/.installed
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 typecheck: venv
 	$(VENV)/bin/mypy --strict core/src/nattrav $(foreach d,$(LAB_DIR) $(PLUGIN_DIRS),$(d)/src)

@@ -41,6 +41,7 @@ def known_issue(exc: BaseException) -> bool:
     the ones found earlier are fixed, docs/threats.md)."""
     return False
 
+
 def check(data: bytes) -> bool:
     if not data:
         return False

@@ -37,6 +37,7 @@ def known_issue(exc: BaseException) -> bool:
     the ones found earlier are fixed, docs/threats.md)."""
     return False
 
+
 def _offer_or_answer(raw: object) -> bool:
     accepted = False
     for expect in ("offer", "answer"):

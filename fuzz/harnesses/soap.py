@@ -37,6 +37,7 @@ def known_issue(exc: BaseException) -> bool:
     the ones found earlier are fixed, docs/threats.md)."""
     return False
 
+
 def _fault(exc: errors.UpnpActionError) -> bool:
     """A well-formed UPnPError fault is a valid answer: it carries its numeric code."""
     assert isinstance(exc.code, int) and exc.code >= 0

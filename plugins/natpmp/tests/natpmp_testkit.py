@@ -174,16 +174,30 @@ def correct(request: Request, gw: ScriptedGateway) -> list[bytes]:
             return [natpmp_external(gw.epoch, gw.external)]
         lifetime = request.lifetime if gw.granted is None else gw.granted
         external = 0 if request.lifetime == 0 else (request.suggested_port or request.internal_port)
-        return [natpmp_map(gw.epoch, request.internal_port, external, lifetime if
-                           request.lifetime else 0, op=request.opcode)]
+        return [
+            natpmp_map(
+                gw.epoch,
+                request.internal_port,
+                external,
+                lifetime if request.lifetime else 0,
+                op=request.opcode,
+            )
+        ]
     if request.version == 2 and request.opcode == 1:
         lifetime = request.lifetime if gw.granted is None else gw.granted
         if request.lifetime == 0:
             lifetime = 0
-        return [pcp_map(request.nonce, lifetime=lifetime, epoch=gw.epoch,
-                        protocol=request.data[36], internal=request.internal_port,
-                        external=request.suggested_port or request.internal_port,
-                        address=gw.external)]
+        return [
+            pcp_map(
+                request.nonce,
+                lifetime=lifetime,
+                epoch=gw.epoch,
+                protocol=request.data[36],
+                internal=request.internal_port,
+                external=request.suggested_port or request.internal_port,
+                address=gw.external,
+            )
+        ]
     if request.version == 2 and request.opcode == 0:
         return [pcp_announce(gw.epoch)]
     return []

@@ -13,7 +13,10 @@ def test_defaults() -> None:
     assert settings.protocols() == ("pcp", "natpmp")
     assert (settings.probe_window, settings.lifetime, settings.families) == (0.5, None, (4, 6))
     assert (settings.pcp_irt, settings.pcp_mrt, settings.pcp_mrc, settings.pcp_mrd) == (
-        3.0, 1024.0, 0, 0.0
+        3.0,
+        1024.0,
+        0,
+        0.0,
     )
     assert (settings.natpmp_initial, settings.natpmp_max_sends) == (0.25, 9)
 

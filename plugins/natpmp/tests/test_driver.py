@@ -66,9 +66,7 @@ async def client_for(
     gw: ScriptedGateway, settings: NatPmpSettings = FAST, **kw: Any
 ) -> AsyncIterator[GatewayClient]:
     kw.setdefault("listen", False)
-    async with GatewayClient.open(
-        LOOPBACK, settings=settings, server_port=gw.port, **kw
-    ) as client:
+    async with GatewayClient.open(LOOPBACK, settings=settings, server_port=gw.port, **kw) as client:
         yield client
 
 
@@ -310,8 +308,15 @@ async def test_natpmp_delete_all_and_external_address() -> None:
 async def test_pcp_announce_and_refusals() -> None:
     def refuse(request: Request, gw: ScriptedGateway) -> list[bytes]:
         if request.version == 2 and request.opcode == 1:
-            return [pcp_map(request.nonce, result=2, lifetime=0, protocol=request.data[36],
-                            internal=request.internal_port)]
+            return [
+                pcp_map(
+                    request.nonce,
+                    result=2,
+                    lifetime=0,
+                    protocol=request.data[36],
+                    internal=request.internal_port,
+                )
+            ]
         return correct(request, gw)
 
     async with scripted(refuse) as gw, client_for(gw) as client:

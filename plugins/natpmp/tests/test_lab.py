@@ -55,8 +55,13 @@ def peer(lab: Any) -> Iterator[socket.socket]:
     sock.close()
 
 
-async def arrives(app: socket.socket, peer: socket.socket, target: tuple[str, int],
-                  payload: bytes, wait: float = 2.0) -> bool:
+async def arrives(
+    app: socket.socket,
+    peer: socket.socket,
+    target: tuple[str, int],
+    payload: bytes,
+    wait: float = 2.0,
+) -> bool:
     """Send ``payload`` from the internet peer to ``target``; did the LAN app receive it?"""
     peer.sendto(payload, target)
     with anyio.move_on_after(wait):
@@ -71,8 +76,13 @@ async def arrives(app: socket.socket, peer: socket.socket, target: tuple[str, in
     return False
 
 
-def context(port: int, events: list[LeaseEvent], *, lifetime: float = 10.0,
-            families: frozenset[int] = frozenset({4})) -> AttemptContext:
+def context(
+    port: int,
+    events: list[LeaseEvent],
+    *,
+    lifetime: float = 10.0,
+    families: frozenset[int] = frozenset({4}),
+) -> AttemptContext:
     return AttemptContext(
         request=TraversalRequest(port=port, lifetime=lifetime, families=families),
         method="natpmp",
@@ -94,8 +104,9 @@ def has_rule(lab: Any, port: int) -> bool:
 
 
 @pytest.mark.parametrize("lab", ["eim"], indirect=True)
-async def test_pcp_map_renew_restart_delete(lab: Any, lan_app: socket.socket,
-                                            peer: socket.socket) -> None:
+async def test_pcp_map_renew_restart_delete(
+    lab: Any, lan_app: socket.socket, peer: socket.socket
+) -> None:
     port = lan_app.getsockname()[1]
     events: list[LeaseEvent] = []
     method = NatPmpMethod(SETTINGS)
@@ -128,8 +139,7 @@ async def test_pcp_map_renew_restart_delete(lab: Any, lan_app: socket.socket,
 
 @pytest.mark.parametrize("lab", ["eim"], indirect=True)
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_natpmp_map_and_delete(lab: Any, lan_app: socket.socket,
-                                     peer: socket.socket) -> None:
+async def test_natpmp_map_and_delete(lab: Any, lan_app: socket.socket, peer: socket.socket) -> None:
     port = lan_app.getsockname()[1]
     events: list[LeaseEvent] = []
     # Without the announcement listener, a restart is noticed by the epoch check alone.
@@ -309,7 +319,8 @@ async def test_refused_deletion_shortens_the_lease(lab: Any) -> None:
             assert got.candidate.details["protocol"] == "PCP"
             # Another protocol maps the same internal port while we hold ours.
             done = lab.exec(
-                "lan", [*upnpc, "-a", lab.lan_host_ip4, "40200", "50200", "UDP", "3600"],
+                "lan",
+                [*upnpc, "-a", lab.lan_host_ip4, "40200", "50200", "UDP", "3600"],
                 timeout=20,
             )
             assert done.returncode == 0, done.stdout + done.stderr

@@ -46,8 +46,9 @@ async def gateways(*hosts: str, responder: Any = None) -> AsyncIterator[list[Scr
 
 def method_for(*gws: ScriptedGateway, settings: NatPmpSettings = SETTINGS) -> NatPmpMethod:
     by_family = {
-        (6 if ":" in gw.host else 4): Gateway(gw.host, None, 6 if ":" in gw.host else 4,
-                                              GatewaySource.CONFIG)
+        (6 if ":" in gw.host else 4): Gateway(
+            gw.host, None, 6 if ":" in gw.host else 4, GatewaySource.CONFIG
+        )
         for gw in gws
     }
     ports = {gw.host: gw.port for gw in gws}
@@ -63,13 +64,18 @@ def method_for(*gws: ScriptedGateway, settings: NatPmpSettings = SETTINGS) -> Na
 
 
 def context(
-    port: int = 40000, *, lifetime: float = 60.0, families: frozenset[int] = frozenset({4}),
-    transport: Transport = Transport.UDP, journal: Journal | None = None,
+    port: int = 40000,
+    *,
+    lifetime: float = 60.0,
+    families: frozenset[int] = frozenset({4}),
+    transport: Transport = Transport.UDP,
+    journal: Journal | None = None,
 ) -> tuple[AttemptContext, list[LeaseEvent]]:
     events: list[LeaseEvent] = []
     ctx = AttemptContext(
-        request=TraversalRequest(port=port, lifetime=lifetime, families=families,
-                                 transport=transport),
+        request=TraversalRequest(
+            port=port, lifetime=lifetime, families=families, transport=transport
+        ),
         method="natpmp",
         emit=events.append,
         journal=journal,
@@ -224,11 +230,11 @@ async def test_chain_picks_natpmp(nattrav_host: Any) -> None:
         method = method_for(gw)
 
         def nattrav_register_methods(registry: Any) -> None:
-            registry.add(lambda: method, name="natpmp", priority=45,
-                         kind=CandidateKind.PORT_MAPPED)
+            registry.add(lambda: method, name="natpmp", priority=45, kind=CandidateKind.PORT_MAPPED)
 
-        host = nattrav_host(("natpmp", module_plugin("natpmp", nattrav_register_methods=(
-            nattrav_register_methods))))
+        host = nattrav_host(
+            ("natpmp", module_plugin("natpmp", nattrav_register_methods=(nattrav_register_methods)))
+        )
         chain = Runtime(host).chain()
         async with chain.run(TraversalRequest(port=40000, families=frozenset({4}))) as held:
             assert held.result.method == "natpmp"

@@ -100,8 +100,13 @@ def test_deletion_request_keeps_the_nonce() -> None:
     ],
 )
 def test_invalid_requests(kwargs: dict[str, Any], message: str) -> None:
-    base: dict[str, Any] = {"nonce": NONCE, "protocol": 17, "internal_port": 5000,
-            "client_address": "192.168.1.100", "lifetime": 60}
+    base: dict[str, Any] = {
+        "nonce": NONCE,
+        "protocol": 17,
+        "internal_port": 5000,
+        "client_address": "192.168.1.100",
+        "lifetime": 60,
+    }
     with pytest.raises(LocalProtocolError, match=message):
         MapRequest(**(base | kwargs))
 
@@ -113,9 +118,17 @@ def test_request_longer_than_1100_bytes_is_refused() -> None:
 
 
 def _map_response(
-    result: int = 0, lifetime: int = 7200, epoch: int = 10, *, nonce: bytes = NONCE,
-    protocol: int = 17, internal: int = 5000, external: int = 5001,
-    address: str = "198.51.100.7", options: bytes = b"", version: int = 2,
+    result: int = 0,
+    lifetime: int = 7200,
+    epoch: int = 10,
+    *,
+    nonce: bytes = NONCE,
+    protocol: int = 17,
+    internal: int = 5000,
+    external: int = 5001,
+    address: str = "198.51.100.7",
+    options: bytes = b"",
+    version: int = 2,
 ) -> bytes:
     return (
         struct.pack("!BBBBII", version, 0x81, 0, result, lifetime, epoch)
@@ -171,7 +184,8 @@ def test_version_negotiation_answers() -> None:
     [
         _map_response()[:20],  # C2: < 24 bytes
         _map_response() + bytes(2),  # C2: not a multiple of 4
-        _map_response() + UnknownOption(200, bytes(1040)).code.to_bytes(1, "big")
+        _map_response()
+        + UnknownOption(200, bytes(1040)).code.to_bytes(1, "big")
         + bytes(1043),  # C2: > 1100 bytes
         _map_response()[:24],  # a MAP response without its payload
         struct.pack("!BBBBII", 2, 0x01, 0, 0, 0, 0) + bytes(12),  # R bit clear: a request
@@ -248,8 +262,12 @@ def test_decoder_raises_only_parse_error(data: bytes) -> None:
     st.integers(0, 2**32 - 1),
 )
 def test_a_servers_echo_of_our_request_decodes_to_our_fields(
-    nonce: bytes, protocol: int, internal: int, external: int,
-    address: ipaddress.IPv4Address | ipaddress.IPv6Address, lifetime: int,
+    nonce: bytes,
+    protocol: int,
+    internal: int,
+    external: int,
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    lifetime: int,
 ) -> None:
     request = MapRequest(
         nonce, protocol, internal, "192.168.1.100", lifetime, external, str(address)
@@ -264,6 +282,9 @@ def test_a_servers_echo_of_our_request_decodes_to_our_fields(
     mapped = getattr(address, "ipv4_mapped", None)
     expected = mapped if mapped is not None else address  # ::ffff:a.b.c.d is IPv4 on the wire
     assert response.map == MapResult(
-        nonce, protocol, internal, external,
+        nonce,
+        protocol,
+        internal,
+        external,
         None if expected.is_unspecified else str(expected),
     )

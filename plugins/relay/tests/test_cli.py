@@ -26,8 +26,9 @@ def nattrav(*args: str, state: Path) -> list[str]:
 @contextmanager
 def running(argv: list[str], state: Path) -> Iterator[subprocess.Popen[str]]:
     env = {**os.environ, "NATTRAV_STATE_DIR": str(state)}
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     try:
         yield proc
     finally:
@@ -44,9 +45,20 @@ def running(argv: list[str], state: Path) -> Iterator[subprocess.Popen[str]]:
 
 
 def test_allocate_prints_the_relayed_address_and_echoes(coturn: Coturn, tmp_path: Path) -> None:
-    argv = nattrav("relay", "allocate", coturn.uri("udp"), "--user", coturn.username,
-                   "--password", coturn.password, "--echo", "--permit", "127.0.0.1", "--json",
-                   state=tmp_path)
+    argv = nattrav(
+        "relay",
+        "allocate",
+        coturn.uri("udp"),
+        "--user",
+        coturn.username,
+        "--password",
+        coturn.password,
+        "--echo",
+        "--permit",
+        "127.0.0.1",
+        "--json",
+        state=tmp_path,
+    )
     with running(argv, tmp_path) as proc:
         assert proc.stdout is not None
         first = json.loads(proc.stdout.readline())  # flushed as soon as allocated
@@ -59,8 +71,12 @@ def test_allocate_prints_the_relayed_address_and_echoes(coturn: Coturn, tmp_path
             data, source = peer.recvfrom(100)
             assert data == b"ping" and source == (host, int(port))
             seen = json.loads(proc.stdout.readline())
-            assert seen == {"event": "datagram", "peer": f"127.0.0.1:{peer.getsockname()[1]}",
-                            "bytes": 4, "echoed": True}
+            assert seen == {
+                "event": "datagram",
+                "peer": f"127.0.0.1:{peer.getsockname()[1]}",
+                "bytes": 4,
+                "echoed": True,
+            }
         proc.send_signal(signal.SIGINT)
         out, _err = proc.communicate(timeout=10)
     lines = [json.loads(x) for x in out.splitlines()]
@@ -70,11 +86,27 @@ def test_allocate_prints_the_relayed_address_and_echoes(coturn: Coturn, tmp_path
 
 
 def test_allocate_over_tls_in_text_mode(coturn: Coturn, tmp_path: Path) -> None:
-    argv = nattrav("relay", "allocate", coturn.uri("tls"), "-u", coturn.username,
-                   "-p", coturn.password, "--ca-file", str(coturn.ca_path), "--hold", "0.5",
-                   state=tmp_path)
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=30,
-                         env={**os.environ, "NATTRAV_STATE_DIR": str(tmp_path)})
+    argv = nattrav(
+        "relay",
+        "allocate",
+        coturn.uri("tls"),
+        "-u",
+        coturn.username,
+        "-p",
+        coturn.password,
+        "--ca-file",
+        str(coturn.ca_path),
+        "--hold",
+        "0.5",
+        state=tmp_path,
+    )
+    out = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "NATTRAV_STATE_DIR": str(tmp_path)},
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("relayed 127.0.0.1:")
     assert "via turns:127.0.0.1" in out.stdout and "released" in out.stdout
@@ -90,10 +122,14 @@ def test_allocate_over_tls_in_text_mode(coturn: Coturn, tmp_path: Path) -> None:
 def test_failures_are_one_line_and_exit_1(
     coturn: Coturn, tmp_path: Path, args: list[str], message: str
 ) -> None:
-    argv = nattrav("relay", "allocate", coturn.uri("udp"), *args, "--timeout", "3",
-                   state=tmp_path)
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=30,
-                         env={**os.environ, "NATTRAV_STATE_DIR": str(tmp_path)})
+    argv = nattrav("relay", "allocate", coturn.uri("udp"), *args, "--timeout", "3", state=tmp_path)
+    out = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "NATTRAV_STATE_DIR": str(tmp_path)},
+    )
     assert out.returncode == 1
     text = out.stdout + out.stderr
     assert message in text and "Traceback" not in text
@@ -101,17 +137,40 @@ def test_failures_are_one_line_and_exit_1(
 
 def test_bad_server_uri_is_a_clean_error(tmp_path: Path) -> None:
     argv = nattrav("relay", "allocate", "stun:127.0.0.1", "-u", "u", "-p", "p", state=tmp_path)
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=30,
-                         env={**os.environ, "NATTRAV_STATE_DIR": str(tmp_path)})
+    out = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "NATTRAV_STATE_DIR": str(tmp_path)},
+    )
     assert out.returncode == 1 and "not a turn" in out.stdout + out.stderr
 
 
 def test_map_with_turn_options_ends_at_the_relay(coturn: Coturn, tmp_path: Path) -> None:
-    argv = nattrav("map", "0", "--turn", coturn.uri("udp"), "--turn-user", coturn.username,
-                   "--turn-password", coturn.password, "--turn-permit", "127.0.0.9",
-                   "--strategy", "sequential", "--hold", "0.2", "--json", state=tmp_path)
-    env = {**os.environ, "NATTRAV_STATE_DIR": str(tmp_path),
-           "NATTRAV_DISABLE_PLUGINS": "upnp,natpmp,stun,pmtud,p2p,lab"}
+    argv = nattrav(
+        "map",
+        "0",
+        "--turn",
+        coturn.uri("udp"),
+        "--turn-user",
+        coturn.username,
+        "--turn-password",
+        coturn.password,
+        "--turn-permit",
+        "127.0.0.9",
+        "--strategy",
+        "sequential",
+        "--hold",
+        "0.2",
+        "--json",
+        state=tmp_path,
+    )
+    env = {
+        **os.environ,
+        "NATTRAV_STATE_DIR": str(tmp_path),
+        "NATTRAV_DISABLE_PLUGINS": "upnp,natpmp,stun,pmtud,p2p,lab",
+    }
     out = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr
     records = [json.loads(line) for line in out.stdout.splitlines()]

@@ -398,8 +398,10 @@ def test_channeldata_is_padded_over_tcp() -> None:
             c.SUCCESS,
             signed.transaction_id,
             [
-                (t.XOR_RELAYED_ADDRESS, c.encode_xor_address(("192.0.2.10", 50000),
-                                                              signed.transaction_id)),
+                (
+                    t.XOR_RELAYED_ADDRESS,
+                    c.encode_xor_address(("192.0.2.10", 50000), signed.transaction_id),
+                ),
                 (t.LIFETIME, (600).to_bytes(4, "big")),
             ],
             server=h.server,

@@ -13,8 +13,11 @@ from nattrav_relay.credentials import CredentialSource, RelayCredentials
 
 def test_defaults_and_string_servers() -> None:
     cfg = load_config(
-        {"servers": ["turn:203.0.113.1?transport=tcp", "turns:turn.example.org"],
-         "username": "u", "password": "hunter2"}
+        {
+            "servers": ["turn:203.0.113.1?transport=tcp", "turns:turn.example.org"],
+            "username": "u",
+            "password": "hunter2",
+        }
     )
     assert [s.uri for s in cfg.servers] == [
         "turn:203.0.113.1?transport=tcp",
@@ -32,8 +35,14 @@ def test_server_tables_with_their_own_credentials(tmp_path: Path) -> None:
     cfg = load_config(
         {
             "servers": [
-                {"uri": "turns:turn.example.org", "username": "bob", "password": "pw",
-                 "realm": "r", "ca_file": str(ca), "server_name": "turn.example.org"},
+                {
+                    "uri": "turns:turn.example.org",
+                    "username": "bob",
+                    "password": "pw",
+                    "realm": "r",
+                    "ca_file": str(ca),
+                    "server_name": "turn.example.org",
+                },
             ],
         }
     )
@@ -41,8 +50,9 @@ def test_server_tables_with_their_own_credentials(tmp_path: Path) -> None:
 
 
 def test_a_comma_separated_server_string_is_accepted() -> None:
-    cfg = load_config({"servers": "turn:192.0.2.1, turn:192.0.2.2", "username": "u",
-                       "password": "p"})
+    cfg = load_config(
+        {"servers": "turn:192.0.2.1, turn:192.0.2.2", "username": "u", "password": "p"}
+    )
     assert len(cfg.servers) == 2
 
 
@@ -75,8 +85,9 @@ def test_every_problem_is_reported_at_once() -> None:
 
 def test_unknown_keys_and_wrong_types_are_errors() -> None:
     with pytest.raises(ConfigError) as caught:
-        load_config({"servers": ["turn:192.0.2.1"], "usernam": "u", "channels": "yes",
-                     "families": "ipv5"})
+        load_config(
+            {"servers": ["turn:192.0.2.1"], "usernam": "u", "channels": "yes", "families": "ipv5"}
+        )
     text = str(caught.value)
     assert "usernam" in text and "channels" in text and "families" in text
 
@@ -102,8 +113,13 @@ async def test_credential_source_order(anyio_backend: str) -> None:
     async def later(server: str, username: str | None, realm: str | None) -> object:
         return None
 
-    cfg = RelayConfig(servers=(ServerConfig("turn:a", username="alice", password="x"),
-                               ServerConfig("turn:b", username="bob")), realm="r")
+    cfg = RelayConfig(
+        servers=(
+            ServerConfig("turn:a", username="alice", password="x"),
+            ServerConfig("turn:b", username="bob"),
+        ),
+        realm="r",
+    )
     source = CredentialSource(cfg, [later, provider])
     assert await source.get(cfg.servers[0]) == RelayCredentials("alice", "x", "r")
     assert calls == []  # the table's own password needs no provider

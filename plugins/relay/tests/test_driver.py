@@ -51,8 +51,10 @@ async def round_trip(ep: RelayEndpoint, peer: anyio.abc.UDPSocket, payload: byte
     with anyio.fail_after(3):
         data, source = await peer.receive()
     assert data == payload
-    assert (str(source[0]), int(source[1])) == (ep.relayed_for(address_of(peer).family).host,
-                                                ep.relayed_for(address_of(peer).family).port)
+    assert (str(source[0]), int(source[1])) == (
+        ep.relayed_for(address_of(peer).family).host,
+        ep.relayed_for(address_of(peer).family).port,
+    )
     await peer.sendto(b"re:" + payload, source[0], source[1])
     with anyio.fail_after(3):
         got, sender = await ep.receive()
@@ -127,23 +129,38 @@ async def test_a_permitted_peer_can_send_first_and_others_cannot(coturn: Coturn)
 
 async def test_tls_refuses_an_untrusted_certificate(coturn: Coturn) -> None:
     with pytest.raises(RelayError, match=r"not trusted|certificate"):
-        async with allocate(coturn.uri("tls"), username=coturn.username,
-                            password=coturn.password, ca_file=None, allocate_timeout=3):
+        async with allocate(
+            coturn.uri("tls"),
+            username=coturn.username,
+            password=coturn.password,
+            ca_file=None,
+            allocate_timeout=3,
+        ):
             pytest.fail("connected to an untrusted server")
 
 
 async def test_tls_refuses_a_certificate_for_another_name(coturn: Coturn) -> None:
     context = ssl.create_default_context(cafile=str(coturn.ca_path))
     with pytest.raises(RelayError, match=r"not trusted|certificate|hostname"):
-        async with allocate(coturn.uri("tls"), username=coturn.username,
-                            password=coturn.password, ssl_context=context,
-                            server_name="turn.example.org", allocate_timeout=3):
+        async with allocate(
+            coturn.uri("tls"),
+            username=coturn.username,
+            password=coturn.password,
+            ssl_context=context,
+            server_name="turn.example.org",
+            allocate_timeout=3,
+        ):
             pytest.fail("accepted a certificate for another name")
 
 
 async def test_tls_with_a_ca_file_and_the_server_name(coturn: Coturn) -> None:
-    async with allocate(coturn.uri("tls"), username=coturn.username, password=coturn.password,
-                        ca_file=str(coturn.ca_path), server_name="localhost") as ep:
+    async with allocate(
+        coturn.uri("tls"),
+        username=coturn.username,
+        password=coturn.password,
+        ca_file=str(coturn.ca_path),
+        server_name="localhost",
+    ) as ep:
         async with peer_socket() as peer:
             await round_trip(ep, peer, b"secret")
 
@@ -160,8 +177,9 @@ async def test_wrong_password_is_refused_without_retry(coturn: Coturn) -> None:
 
 async def test_unreachable_server_is_a_retryable_error() -> None:
     with pytest.raises(RelayError) as caught:
-        async with allocate("turn:127.0.0.1:9?transport=udp", username="u", password="p",
-                            allocate_timeout=0.6):
+        async with allocate(
+            "turn:127.0.0.1:9?transport=udp", username="u", password="p", allocate_timeout=0.6
+        ):
             pytest.fail("allocated on nothing")
     assert caught.value.retryable
 

@@ -69,11 +69,11 @@ def test_stream_framer_bounds_message_size() -> None:
         TurnStreamFramer(max_message=100).feed(b"\x40\x00\x01\x00")
 
 
-@given(st.lists(st.tuples(st.integers(0x4000, 0x4FFF), st.binary(max_size=40)), max_size=8),
-       st.integers(1, 17))
-def test_stream_framer_reassembles_any_split(
-    messages: list[tuple[int, bytes]], chunk: int
-) -> None:
+@given(
+    st.lists(st.tuples(st.integers(0x4000, 0x4FFF), st.binary(max_size=40)), max_size=8),
+    st.integers(1, 17),
+)
+def test_stream_framer_reassembles_any_split(messages: list[tuple[int, bytes]], chunk: int) -> None:
     stream = b"".join(encode_channel_data(n, d, pad=True) for n, d in messages)
     framer = TurnStreamFramer()
     out: list[bytes] = []

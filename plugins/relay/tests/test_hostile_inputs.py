@@ -313,15 +313,17 @@ def permitted(h: Harness) -> None:
     [
         ({t.DATA_INDICATION: b"x"}, "without XOR-PEER-ADDRESS"),
         ({t.XOR_PEER_ADDRESS: PEER}, "without DATA"),
-        ({t.XOR_PEER_ADDRESS: Address("203.0.113.99", 7000), t.DATA_INDICATION: b"x"},
-         "without permission"),
-        ({t.XOR_PEER_ADDRESS: PEER, t.DATA_INDICATION: b"x", 0x7777: b"??"},
-         "comprehension-required"),
+        (
+            {t.XOR_PEER_ADDRESS: Address("203.0.113.99", 7000), t.DATA_INDICATION: b"x"},
+            "without permission",
+        ),
+        (
+            {t.XOR_PEER_ADDRESS: PEER, t.DATA_INDICATION: b"x", 0x7777: b"??"},
+            "comprehension-required",
+        ),
     ],
 )
-def test_t6_bad_data_indications_are_discarded(
-    attributes: dict[int, object], reason: str
-) -> None:
+def test_t6_bad_data_indications_are_discarded(attributes: dict[int, object], reason: str) -> None:
     h = Harness()
     allocated(h)
     permitted(h)
@@ -434,8 +436,10 @@ def test_t8_success_to_the_unsigned_first_allocate_is_ignored() -> None:
         t.ALLOCATE,
         c.SUCCESS,
         first.transaction_id,
-        [(t.XOR_RELAYED_ADDRESS, c.encode_xor_address(("192.0.2.66", 1), first.transaction_id)),
-         (t.LIFETIME, (600).to_bytes(4, "big"))],
+        [
+            (t.XOR_RELAYED_ADDRESS, c.encode_xor_address(("192.0.2.66", 1), first.transaction_id)),
+            (t.LIFETIME, (600).to_bytes(4, "big")),
+        ],
     )
     h.reply(forged)
     assert h.events() == [] and h.client.state is State.ALLOCATING
@@ -448,6 +452,9 @@ def test_t8_sha1_answer_to_a_sha256_request_is_discarded() -> None:
     h.reply(h.server.challenge(h.one()))
     signed = h.one()
     assert signed.has_integrity_sha256
-    h.reply(h.server.success(signed, {t.XOR_RELAYED_ADDRESS: ("192.0.2.10", 5),
-                                      t.LIFETIME: 600}, sign="md5"))
+    h.reply(
+        h.server.success(
+            signed, {t.XOR_RELAYED_ADDRESS: ("192.0.2.10", 5), t.LIFETIME: 600}, sign="md5"
+        )
+    )
     assert h.events() == [] and h.client.state is State.ALLOCATING

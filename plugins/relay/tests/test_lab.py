@@ -34,8 +34,9 @@ pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("lab", ["symmetric"], i
 def lan_opener(lab: Any, ssl_context: ssl.SSLContext | None = None) -> Any:
     async def opener(host: str, port: int, kind: str) -> Transport:
         with lab.inside("lan"):
-            return await open_transport(host, port, kind, ssl_context=ssl_context,
-                                        server_name=lab.turn.server_name)
+            return await open_transport(
+                host, port, kind, ssl_context=ssl_context, server_name=lab.turn.server_name
+            )
 
     return opener
 
@@ -97,9 +98,7 @@ async def test_internet_peer_reaches_the_lan_host_behind_a_symmetric_nat(
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
-async def test_coturn_restart_is_recovered_with_a_new_allocation(
-    lab: Any, transport: str
-) -> None:
+async def test_coturn_restart_is_recovered_with_a_new_allocation(lab: Any, transport: str) -> None:
     events: list[LeaseEvent] = []
     async with lab_allocate(lab, transport, on_event=events.append) as ep:
         first = ep.relayed
@@ -125,8 +124,13 @@ async def test_the_method_proves_inbound_from_behind_the_nat(lab: Any) -> None:
         sock.bind(("0.0.0.0", 0))
         return sock
 
-    config = load_config({"servers": [turn_uri(lab, "udp")], "username": lab.turn.user,
-                          "password": lab.turn.password})
+    config = load_config(
+        {
+            "servers": [turn_uri(lab, "udp")],
+            "username": lab.turn.user,
+            "password": lab.turn.password,
+        }
+    )
     method = RelayMethod(config, opener=lan_opener(lab), probe_socket=probe_socket)
     ctx = AttemptContext(TraversalRequest(port=0), "relay")
     async with method.acquire(ctx) as acquisition:
@@ -140,11 +144,29 @@ async def test_the_method_proves_inbound_from_behind_the_nat(lab: Any) -> None:
 
 
 async def test_cli_on_the_lan_host_echoes_what_an_internet_peer_sends(lab: Any) -> None:
-    argv = [sys.executable, "-m", "nattrav.cli", "relay", "allocate", turn_uri(lab, "udp"),
-            "--user", lab.turn.user, "--password", lab.turn.password, "--echo",
-            "--permit", lab.internet_peer_ips4[3], "--json"]
-    proc = lab.popen("lan", argv, stdout=__import__("subprocess").PIPE, text=True,
-                     env={"NATTRAV_STATE_DIR": "/tmp/nattrav-relay-lab-cli", "PATH": "/usr/bin"})
+    argv = [
+        sys.executable,
+        "-m",
+        "nattrav.cli",
+        "relay",
+        "allocate",
+        turn_uri(lab, "udp"),
+        "--user",
+        lab.turn.user,
+        "--password",
+        lab.turn.password,
+        "--echo",
+        "--permit",
+        lab.internet_peer_ips4[3],
+        "--json",
+    ]
+    proc = lab.popen(
+        "lan",
+        argv,
+        stdout=__import__("subprocess").PIPE,
+        text=True,
+        env={"NATTRAV_STATE_DIR": "/tmp/nattrav-relay-lab-cli", "PATH": "/usr/bin"},
+    )
     try:
         line = await anyio.to_thread.run_sync(proc.stdout.readline)
         record = json.loads(line)

@@ -24,13 +24,15 @@ async def test_udp_blocked_falls_back_to_tcp(lab: Any) -> None:
         with lab.inside("lan"):
             return await open_transport(host, port, kind)
 
-    config = load_config({
-        "servers": [f"turn:{lab.turn.host4}:{lab.turn.port}"],
-        "username": lab.turn.user,
-        "password": lab.turn.password,
-        "timeout": 1.5,
-        "self_test": False,
-    })
+    config = load_config(
+        {
+            "servers": [f"turn:{lab.turn.host4}:{lab.turn.port}"],
+            "username": lab.turn.user,
+            "password": lab.turn.password,
+            "timeout": 1.5,
+            "self_test": False,
+        }
+    )
     method = RelayMethod(config, opener=opener)
     async with method.acquire(AttemptContext(TraversalRequest(port=0), "relay")) as acquisition:
         candidate = acquisition.candidate
@@ -60,13 +62,15 @@ async def test_no_self_test_where_udp_to_the_relay_is_blocked(lab: Any) -> None:
         with lab.inside("lan"):
             return await open_transport(host, port, kind)
 
-    config = load_config({
-        "servers": [f"turn:{lab.turn.host4}:{lab.turn.port}"],
-        "username": lab.turn.user,
-        "password": lab.turn.password,
-        "fallback_after": 0.5,
-        "self_test_window": 5.0,
-    })
+    config = load_config(
+        {
+            "servers": [f"turn:{lab.turn.host4}:{lab.turn.port}"],
+            "username": lab.turn.user,
+            "password": lab.turn.password,
+            "fallback_after": 0.5,
+            "self_test_window": 5.0,
+        }
+    )
     method = RelayMethod(config, opener=opener)
     started = anyio.current_time()
     async with method.acquire(AttemptContext(TraversalRequest(port=0), "relay")) as acquisition:

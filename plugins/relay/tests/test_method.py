@@ -38,17 +38,25 @@ pytestmark = pytest.mark.anyio
 
 def runtime(tmp_path: Path, relay: dict[str, Any]) -> Runtime:
     config = structure_config(
-        {"plugins": {"relay": relay}, "state_dir": str(tmp_path / "state"),
-         "chain": {"strategy": "sequential"}}
+        {
+            "plugins": {"relay": relay},
+            "state_dir": str(tmp_path / "state"),
+            "chain": {"strategy": "sequential"},
+        }
     )
-    host = PluginHost.load(config, entry_points=[], builtins=False,
-                           extra=[("relay", nattrav_relay.plugin)])
+    host = PluginHost.load(
+        config, entry_points=[], builtins=False, extra=[("relay", nattrav_relay.plugin)]
+    )
     return Runtime(host)
 
 
 def table(server: Coturn, **extra: Any) -> dict[str, Any]:
-    return {"servers": [server.uri("udp")], "username": server.username,
-            "password": server.password, **extra}
+    return {
+        "servers": [server.uri("udp")],
+        "username": server.username,
+        "password": server.password,
+        **extra,
+    }
 
 
 async def test_the_chain_gets_a_proven_relayed_endpoint_and_uses_its_channel(
@@ -119,8 +127,14 @@ async def test_tcp_requests_are_unavailable(coturn: Coturn, tmp_path: Path) -> N
 
 
 async def test_failures_of_every_server_are_reported(coturn: Coturn) -> None:
-    cfg = load_config({"servers": ["turn:127.0.0.1:9?transport=udp", coturn.uri("udp")],
-                       "username": coturn.username, "password": "wrong", "timeout": 0.6})
+    cfg = load_config(
+        {
+            "servers": ["turn:127.0.0.1:9?transport=udp", coturn.uri("udp")],
+            "username": coturn.username,
+            "password": "wrong",
+            "timeout": 0.6,
+        }
+    )
     ctx = AttemptContext(TraversalRequest(port=0), "relay")
     with pytest.raises(MethodError) as caught:
         async with RelayMethod(cfg).acquire(ctx):
@@ -170,10 +184,22 @@ async def crashed_entry(server: Coturn, tmp_path: Path) -> JournalEntry:
 
     state = tmp_path / "state"
     env = {**os.environ, "NATTRAV_STATE_DIR": str(state)}
-    argv = [sys.executable, "-m", "nattrav.cli", "relay", "allocate", server.uri("udp"),
-            "--user", server.username, "--password", server.password, "--json"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, env=env)
+    argv = [
+        sys.executable,
+        "-m",
+        "nattrav.cli",
+        "relay",
+        "allocate",
+        server.uri("udp"),
+        "--user",
+        server.username,
+        "--password",
+        server.password,
+        "--json",
+    ]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+    )
     try:
         line = await anyio.to_thread.run_sync(proc.stdout.readline)  # type: ignore[union-attr]
         assert json.loads(line)["event"] == "allocated"
@@ -202,8 +228,13 @@ async def test_cleanup_deletes_a_crashed_udp_allocation_from_its_old_port(
         return UdpTransport.connect(host, port, local_host=local.host, local_port=local.port)
 
     def again() -> Any:
-        return allocate(coturn.uri("udp"), username=coturn.username, password=coturn.password,
-                        opener=same_port, allocate_timeout=1.5)
+        return allocate(
+            coturn.uri("udp"),
+            username=coturn.username,
+            password=coturn.password,
+            opener=same_port,
+            allocate_timeout=1.5,
+        )
 
     with pytest.raises(RelayError, match="437"):
         async with again():
@@ -220,9 +251,7 @@ async def test_cleanup_deletes_a_crashed_udp_allocation_from_its_old_port(
                 await anyio.sleep(0.3)
 
 
-async def test_cleanup_refuses_when_the_nat_mapping_changed(
-    coturn: Coturn, tmp_path: Path
-) -> None:
+async def test_cleanup_refuses_when_the_nat_mapping_changed(coturn: Coturn, tmp_path: Path) -> None:
     entry = await crashed_entry(coturn, tmp_path)
     data = dict(entry.data)
     data["mapped"] = "198.51.100.7:40000"  # what a NAT had mapped; now it maps differently
@@ -236,8 +265,12 @@ async def test_cleanup_refuses_when_the_nat_mapping_changed(
 async def test_cleanup_of_tcp_and_expired_entries_is_immediate(coturn: Coturn) -> None:
     method = RelayMethod(load_config(table(coturn)))
     ctx = AttemptContext(TraversalRequest(), "relay")
-    tcp = JournalEntry("relay-x", "relay", "allocation",
-                       {"transport": "tcp", "local": "127.0.0.1:1", "server_address": "x"})
+    tcp = JournalEntry(
+        "relay-x",
+        "relay",
+        "allocation",
+        {"transport": "tcp", "local": "127.0.0.1:1", "server_address": "x"},
+    )
     await method.cleanup(tcp, ctx)  # died with its connection
     old = JournalEntry("relay-y", "relay", "allocation", {"transport": "udp"}, expires=1.0)
     await method.cleanup(old, ctx)  # expired with its lifetime

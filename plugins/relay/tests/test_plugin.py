@@ -18,8 +18,9 @@ from nattrav_relay.hookspecs import add_hookspecs
 
 def host(relay: dict[str, Any], *extra: tuple[str, object]) -> PluginHost:
     config = structure_config({"plugins": {"relay": relay}})
-    return PluginHost.load(config, entry_points=[], builtins=False,
-                           extra=[("relay", nattrav_relay.plugin), *extra])
+    return PluginHost.load(
+        config, entry_points=[], builtins=False, extra=[("relay", nattrav_relay.plugin), *extra]
+    )
 
 
 def test_registers_the_last_resort_method_command_options_and_section() -> None:
@@ -29,8 +30,12 @@ def test_registers_the_last_resort_method_command_options_and_section() -> None:
     assert (spec.priority, spec.kind) == (90, CandidateKind.RELAYED)
     assert spec.transports == frozenset({Transport.UDP})
     assert "relay" in h.commands and "relay" in h.report_sections
-    assert {o.flags[0] for o in h.options} == {"--turn", "--turn-user", "--turn-password",
-                                                "--turn-permit"}
+    assert {o.flags[0] for o in h.options} == {
+        "--turn",
+        "--turn-user",
+        "--turn-password",
+        "--turn-permit",
+    }
 
 
 def test_a_bad_table_marks_the_plugin_broken_with_every_problem() -> None:
@@ -87,7 +92,10 @@ def test_a_credential_hook_with_a_wrong_signature_is_refused() -> None:
     assert h.records["bad"].status is PluginStatus.BROKEN
     assert "password" in (h.records["bad"].error or "")
     before = PluginHost.load(
-        structure_config({}), entry_points=[], builtins=False, disabled=(),
+        structure_config({}),
+        entry_points=[],
+        builtins=False,
+        disabled=(),
         extra=[("bad", bad), ("relay", nattrav_relay.plugin)],
     )
     assert before.records["relay"].status is PluginStatus.OK
@@ -103,6 +111,5 @@ def test_importing_the_plugin_module_is_cheap() -> None:
         "'nattrav_stun.codec', 'nattrav_stun.auth', 'anyio', 'ssl') if m in sys.modules]; "
         "print(heavy)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

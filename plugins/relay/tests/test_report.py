@@ -41,13 +41,15 @@ def test_transports_to_test() -> None:
 
 
 async def test_every_transport_is_tried(coturn: Coturn) -> None:
-    ctx = Ctx({
-        "servers": [coturn.uri("udp"), coturn.uri("tls"), "turn:127.0.0.1:9"],
-        "username": coturn.username,
-        "password": coturn.password,
-        "ca_file": str(coturn.ca_path),
-        "timeout": 1.0,
-    })
+    ctx = Ctx(
+        {
+            "servers": [coturn.uri("udp"), coturn.uri("tls"), "turn:127.0.0.1:9"],
+            "username": coturn.username,
+            "password": coturn.password,
+            "ca_file": str(coturn.ca_path),
+            "timeout": 1.0,
+        }
+    )
     section = await report_section(ctx)
     assert section["configured"] and section["usable"]
     reachable = section["reachable"]

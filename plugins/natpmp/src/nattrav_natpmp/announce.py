@@ -37,9 +37,7 @@ def _same(a: str, b: str) -> bool:
         return False
 
 
-def parse_announcement(
-    data: bytes, source: str, gateway: str
-) -> tuple[Announcement | None, str]:
+def parse_announcement(data: bytes, source: str, gateway: str) -> tuple[Announcement | None, str]:
     """``(announcement, "")`` when ``data`` from ``source`` is one, else ``(None, reason)``."""
     if not _same(source, gateway):
         return None, "wrong source"

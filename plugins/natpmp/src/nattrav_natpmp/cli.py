@@ -31,23 +31,47 @@ DEFAULT_LIFETIME = 7200  # RFC 6886 §3.3's recommendation
 
 def _common(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--pcp", dest="only", action="store_const", const="pcp",
-                       help="PCP only (RFC 6887)")
-    which.add_argument("--natpmp", dest="only", action="store_const", const="natpmp",
-                       help="NAT-PMP only (RFC 6886)")
+    which.add_argument(
+        "--pcp", dest="only", action="store_const", const="pcp", help="PCP only (RFC 6887)"
+    )
+    which.add_argument(
+        "--natpmp",
+        dest="only",
+        action="store_const",
+        const="natpmp",
+        help="NAT-PMP only (RFC 6886)",
+    )
     p.add_argument("--gateway", metavar="IP", help="gateway address (default: the OS's)")
-    p.add_argument("-6", dest="family", action="store_const", const=6, default=4,
-                   help="use the IPv6 gateway (PCP only)")
-    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
-                   help="give up after this long (default 10)")
-    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                   help="machine-readable output")
+    p.add_argument(
+        "-6",
+        dest="family",
+        action="store_const",
+        const=6,
+        default=4,
+        help="use the IPv6 gateway (PCP only)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="give up after this long (default 10)",
+    )
+    p.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+    )
 
 
 def _transport(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--udp", dest="transport", action="store_const", const="udp",
-                       default="udp", help="UDP (default)")
+    which.add_argument(
+        "--udp",
+        dest="transport",
+        action="store_const",
+        const="udp",
+        default="udp",
+        help="UDP (default)",
+    )
     which.add_argument("--tcp", dest="transport", action="store_const", const="tcp", help="TCP")
 
 
@@ -60,21 +84,35 @@ def configure(parser: argparse.ArgumentParser) -> None:
     mp = sub.add_parser("map", help="create a mapping and hold it until interrupted")
     mp.add_argument("port", type=int, help="local port to map")
     _transport(mp)
-    mp.add_argument("--lifetime", type=int, default=DEFAULT_LIFETIME,
-                    help=f"lease to request in seconds (default {DEFAULT_LIFETIME})")
-    mp.add_argument("--suggest", type=int, default=0, metavar="PORT",
-                    help="external port to ask for")
-    mp.add_argument("--hold", type=float, default=None, metavar="SECONDS",
-                    help="hold this long (default: until SIGINT/SIGTERM)")
-    mp.add_argument("--keep", action="store_true",
-                    help="do not delete on exit; let the lease expire")
+    mp.add_argument(
+        "--lifetime",
+        type=int,
+        default=DEFAULT_LIFETIME,
+        help=f"lease to request in seconds (default {DEFAULT_LIFETIME})",
+    )
+    mp.add_argument(
+        "--suggest", type=int, default=0, metavar="PORT", help="external port to ask for"
+    )
+    mp.add_argument(
+        "--hold",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="hold this long (default: until SIGINT/SIGTERM)",
+    )
+    mp.add_argument(
+        "--keep", action="store_true", help="do not delete on exit; let the lease expire"
+    )
     _common(mp)
     um = sub.add_parser("unmap", help="delete a mapping")
     um.add_argument("port", type=int, nargs="?", default=None, help="local port of the mapping")
     _transport(um)
     um.add_argument("--nonce", metavar="HEX", help="the PCP mapping nonce (printed by map)")
-    um.add_argument("--all", action="store_true",
-                    help="NAT-PMP: delete every mapping of this host for the protocol")
+    um.add_argument(
+        "--all",
+        action="store_true",
+        help="NAT-PMP: delete every mapping of this host for the protocol",
+    )
     _common(um)
 
 
@@ -154,8 +192,11 @@ async def _external(args: argparse.Namespace, cli: Any, settings: Any, gateway: 
         if "natpmp" in protocols and gateway.family == 4:
             try:
                 found = await client.external_address_natpmp(client._probe_timing())
-                report["natpmp"] = {"version": 0, "epoch": found.epoch,
-                                    "external_address": found.address}
+                report["natpmp"] = {
+                    "version": 0,
+                    "epoch": found.epoch,
+                    "external_address": found.address,
+                }
             except NatTravError as exc:
                 report["natpmp"] = {"error": str(exc)}
         if "pcp" in protocols:
@@ -178,8 +219,9 @@ async def _external(args: argparse.Namespace, cli: Any, settings: Any, gateway: 
             if "error" in part:
                 cli.line(f"{name + ':':9} {part['error']}")
             else:
-                extra = f", external {part['external_address']}" if part.get(
-                    "external_address") else ""
+                extra = (
+                    f", external {part['external_address']}" if part.get("external_address") else ""
+                )
                 cli.line(f"{name + ':':9} version {part['version']}, epoch {part['epoch']}{extra}")
         cli.line(f"external: {report['external_address'] or 'unknown'}")
         if report["verdict"]:
@@ -243,20 +285,29 @@ async def _map(args: argparse.Namespace, cli: Any, settings: Any, gateway: Any) 
             mapping = await entered.__aenter__()
         try:
             external = mapping.external
-            verdict = double_nat_reason(external.host) if external else (
-                "the gateway does not know its external address"
+            verdict = (
+                double_nat_reason(external.host)
+                if external
+                else ("the gateway does not know its external address")
             )
-            info = {**mapping.details(), "external": str(external) if external else None,
-                    "verdict": verdict}
+            info = {
+                **mapping.details(),
+                "external": str(external) if external else None,
+                "verdict": verdict,
+            }
             if as_json:
                 _out(cli, {"mapping": info})
             else:
-                cli.line(f"mapped:   {info['external'] or '?'} -> {info['internal']} "
-                         f"({info['protocol']} v{info['version']}, {info['lifetime']} s)")
+                cli.line(
+                    f"mapped:   {info['external'] or '?'} -> {info['internal']} "
+                    f"({info['protocol']} v{info['version']}, {info['lifetime']} s)"
+                )
                 cli.line(f"gateway:  {info['gateway']}, epoch {info['epoch']}")
                 if info["nonce"]:
-                    cli.line(f"nonce:    {info['nonce']} (for: nattrav natpmp unmap "
-                             f"{args.port} --nonce {info['nonce']})")
+                    cli.line(
+                        f"nonce:    {info['nonce']} (for: nattrav natpmp unmap "
+                        f"{args.port} --nonce {info['nonce']})"
+                    )
                 if verdict:
                     cli.line(f"warning:  {verdict}")
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -300,8 +300,8 @@ class GatewayClient:
         # network namespace as the client socket (tests switch namespaces per thread).
         listener: socket.socket | None = None
         if listen and settings.announcements:
-            group = ANNOUNCE_GROUP[gateway.family] if announce_group == "default" else (
-                announce_group
+            group = (
+                ANNOUNCE_GROUP[gateway.family] if announce_group == "default" else (announce_group)
             )
             try:
                 listener = _group_socket(gateway, announce_port, group)
@@ -471,8 +471,15 @@ class GatewayClient:
     # ------------------------------------------------------------------ requests
 
     def _pcp_request(
-        self, mapping: PortMapping | None, *, transport: Transport, internal_port: int,
-        lifetime: int, nonce: bytes, suggested_port: int, suggested_address: str | None,
+        self,
+        mapping: PortMapping | None,
+        *,
+        transport: Transport,
+        internal_port: int,
+        lifetime: int,
+        nonce: bytes,
+        suggested_port: int,
+        suggested_address: str | None,
     ) -> pcp_codec.MapRequest:
         if mapping is not None and mapping.lease.grant.external_port:
             suggested_port = mapping.lease.grant.external_port
@@ -554,8 +561,7 @@ class GatewayClient:
         if isinstance(event, TimedOut):
             return MethodError(
                 METHOD,
-                f"{what}: no answer from {where} after {event.sends} tries in "
-                f"{event.waited:.1f} s",
+                f"{what}: no answer from {where} after {event.sends} tries in {event.waited:.1f} s",
                 retryable=True,
             )
         return MethodError(METHOD, f"{what}: unexpected outcome {event!r}")
@@ -621,7 +627,12 @@ class GatewayClient:
             )
         try:
             mapping = await self._create(
-                transport, internal_port, lifetime, nonce, suggested_port, suggested_address,
+                transport,
+                internal_port,
+                lifetime,
+                nonce,
+                suggested_port,
+                suggested_address,
                 protocols,
             )
         except (GatewayError, MethodUnavailable):
@@ -641,9 +652,7 @@ class GatewayClient:
             raise
         mapping.journal_entry = entry
         if journal is not None and entry is not None:
-            mapping.journal_entry = journal.update(
-                entry, data={"protocol": mapping.protocol}
-            )
+            mapping.journal_entry = journal.update(entry, data={"protocol": mapping.protocol})
             self._journal = journal
             self._journal_grant(mapping)
         if mapping.lifetime < self.settings.min_lifetime:
@@ -683,9 +692,7 @@ class GatewayClient:
                     )
                 except (NatTravError, OSError):
                     continue
-                if isinstance(event, Answered) or (
-                    not heard and isinstance(event, Unreachable)
-                ):
+                if isinstance(event, Answered) or (not heard and isinstance(event, Unreachable)):
                     return True
         return False
 
@@ -733,8 +740,13 @@ class GatewayClient:
         protocols: tuple[ProtocolName, ...],
     ) -> PortMapping:
         pcp_request = self._pcp_request(
-            None, transport=transport, internal_port=internal_port, lifetime=lifetime,
-            nonce=nonce, suggested_port=suggested_port, suggested_address=suggested_address,
+            None,
+            transport=transport,
+            internal_port=internal_port,
+            lifetime=lifetime,
+            nonce=nonce,
+            suggested_port=suggested_port,
+            suggested_address=suggested_address,
         )
         where = format_hostport(self.gateway.host, self.server_port)
         protocol = self.protocol
@@ -742,14 +754,20 @@ class GatewayClient:
         if protocol is None or protocol not in protocols:
             negotiation = Negotiation(
                 PcpTransaction(
-                    pcp_request, self.gateway.ip, self._probe_timing(),
-                    port=self.server_port, rng=self._rng,
+                    pcp_request,
+                    self.gateway.ip,
+                    self._probe_timing(),
+                    port=self.server_port,
+                    rng=self._rng,
                 )
                 if "pcp" in protocols
                 else None,
                 NatPmpTransaction(
-                    natpmp_codec.ExternalAddressRequest(), self.gateway.ip,
-                    self._probe_timing(), port=self.server_port, rng=self._rng,
+                    natpmp_codec.ExternalAddressRequest(),
+                    self.gateway.ip,
+                    self._probe_timing(),
+                    port=self.server_port,
+                    rng=self._rng,
                 )
                 if "natpmp" in protocols
                 else None,
@@ -791,13 +809,19 @@ class GatewayClient:
         if first is None:
             if protocol == "pcp":
                 txn: Any = PcpTransaction(
-                    pcp_request, self.gateway.ip, self._pcp_timing(),
-                    port=self.server_port, rng=self._rng,
+                    pcp_request,
+                    self.gateway.ip,
+                    self._pcp_timing(),
+                    port=self.server_port,
+                    rng=self._rng,
                 )
             else:
                 txn = NatPmpTransaction(
                     natpmp_codec.MapRequest(transport, internal_port, suggested_port, lifetime),
-                    self.gateway.ip, self._natpmp_timing(), port=self.server_port, rng=self._rng,
+                    self.gateway.ip,
+                    self._natpmp_timing(),
+                    port=self.server_port,
+                    rng=self._rng,
                 )
             event = await self._run(txn, f"{protocol} map")
             now = anyio.current_time()
@@ -915,19 +939,29 @@ class GatewayClient:
         if mapping.protocol == "pcp":
             assert mapping.nonce is not None
             request: Any = self._pcp_request(
-                mapping, transport=mapping.transport, internal_port=mapping.internal_port,
-                lifetime=1, nonce=mapping.nonce, suggested_port=mapping.suggested_port,
+                mapping,
+                transport=mapping.transport,
+                internal_port=mapping.internal_port,
+                lifetime=1,
+                nonce=mapping.nonce,
+                suggested_port=mapping.suggested_port,
                 suggested_address=None,
             )
             txn: Any = PcpTransaction(
-                request, self.gateway.ip, self._release_timing(), port=self.server_port,
+                request,
+                self.gateway.ip,
+                self._release_timing(),
+                port=self.server_port,
                 rng=self._rng,
             )
         else:
             previous = mapping.lease.grant.external_port or mapping.suggested_port
             txn = NatPmpTransaction(
                 natpmp_codec.MapRequest(mapping.transport, mapping.internal_port, previous, 1),
-                self.gateway.ip, self._release_timing(), port=self.server_port, rng=self._rng,
+                self.gateway.ip,
+                self._release_timing(),
+                port=self.server_port,
+                rng=self._rng,
             )
         event = await self._run(txn, f"{mapping.protocol} shorten")
         if isinstance(event, Answered):
@@ -977,8 +1011,11 @@ class GatewayClient:
                 lifetime=0,
             )
             txn: Any = PcpTransaction(
-                request, self.gateway.ip, self._release_timing(),
-                port=self.server_port, rng=self._rng,
+                request,
+                self.gateway.ip,
+                self._release_timing(),
+                port=self.server_port,
+                rng=self._rng,
             )
         else:
             pmp = (
@@ -987,8 +1024,11 @@ class GatewayClient:
                 else natpmp_codec.MapRequest.delete_all(transport)
             )
             txn = NatPmpTransaction(
-                pmp, self.gateway.ip, self._release_timing(),
-                port=self.server_port, rng=self._rng,
+                pmp,
+                self.gateway.ip,
+                self._release_timing(),
+                port=self.server_port,
+                rng=self._rng,
             )
         event = await self._run(txn, f"{protocol} delete")
         self._observe(protocol, event, anyio.current_time())
@@ -1027,12 +1067,16 @@ class GatewayClient:
         if mapping.protocol == "pcp":
             assert mapping.nonce is not None
             request = self._pcp_request(
-                mapping, transport=mapping.transport, internal_port=mapping.internal_port,
-                lifetime=mapping.requested_lifetime, nonce=mapping.nonce,
-                suggested_port=mapping.suggested_port, suggested_address=None,
+                mapping,
+                transport=mapping.transport,
+                internal_port=mapping.internal_port,
+                lifetime=mapping.requested_lifetime,
+                nonce=mapping.nonce,
+                suggested_port=mapping.suggested_port,
+                suggested_address=None,
             )
-            timing: Any = OneShot(budget) if due.action is Action.RENEW else self._pcp_timing(
-                budget
+            timing: Any = (
+                OneShot(budget) if due.action is Action.RENEW else self._pcp_timing(budget)
             )
             txn: Any = PcpTransaction(
                 request, self.gateway.ip, timing, port=self.server_port, rng=self._rng
@@ -1048,8 +1092,11 @@ class GatewayClient:
             )
             remaining = max(0.05, due.deadline - anyio.current_time())
             txn = NatPmpTransaction(
-                request_pmp, self.gateway.ip, self._natpmp_timing(remaining),
-                port=self.server_port, rng=self._rng,
+                request_pmp,
+                self.gateway.ip,
+                self._natpmp_timing(remaining),
+                port=self.server_port,
+                rng=self._rng,
             )
         event = await self._run(txn, f"{mapping.protocol} {due.action.value}")
         now = anyio.current_time()
@@ -1080,9 +1127,7 @@ class GatewayClient:
                         break
                     except OSError:
                         continue
-                    announcement, reason = parse_announcement(
-                        data, str(source[0]), self.gateway.ip
-                    )
+                    announcement, reason = parse_announcement(data, str(source[0]), self.gateway.ip)
                     if announcement is None:
                         key = f"announcement: {reason}"
                         self.discards[key] = self.discards.get(key, 0) + 1
@@ -1099,7 +1144,9 @@ class GatewayClient:
         if announcement.external_address is not None:
             self.external_address = announcement.external_address
         log.info(
-            "%s announcement from %s: %s", announcement.protocol, self.gateway.host,
+            "%s announcement from %s: %s",
+            announcement.protocol,
+            self.gateway.host,
             observation.describe(),
         )
         if observation.lost_state:

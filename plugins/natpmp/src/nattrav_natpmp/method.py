@@ -232,13 +232,17 @@ class NatPmpMethod:
     def _failure(holds: list[_Held], reasons: list[str]) -> NatTravError:
         errors = [h.error for h in holds if h.error is not None]
         text = "; ".join(dict.fromkeys(reasons))
-        if errors and all(isinstance(e, MethodError) and e.retryable for e in errors) and len(
+        if (
             errors
-        ) == len(holds):
+            and all(isinstance(e, MethodError) and e.retryable for e in errors)
+            and len(errors) == len(holds)
+        ):
             return MethodError(METHOD, text, retryable=True)
-        gateway_errors = [e for e in errors if isinstance(e, NatTravError) and not isinstance(
-            e, MethodUnavailable
-        )]
+        gateway_errors = [
+            e
+            for e in errors
+            if isinstance(e, NatTravError) and not isinstance(e, MethodUnavailable)
+        ]
         if len(holds) == 1 and gateway_errors:
             return gateway_errors[0]
         if any("does not know its external address" in r for r in reasons):
@@ -284,11 +288,7 @@ class NatPmpMethod:
             settings=self.settings,
             server_port=int(data.get("server_port", 5351)),
             listen=False,
-            **{
-                k: v
-                for k, v in self._client_options.items()
-                if k not in ("server_port", "listen")
-            },
+            **{k: v for k, v in self._client_options.items() if k not in ("server_port", "listen")},
         ) as client:
             if data.get("internal_address") not in (None, client.client_address):
                 raise NatTravError(
@@ -296,8 +296,11 @@ class NatPmpMethod:
                     f"{data.get('internal_address')}: cannot release it from here"
                 )
             order: list[ProtocolName] = (
-                ["pcp"] if protocol == "pcp" else ["natpmp"] if protocol == "natpmp" else
-                ["pcp", "natpmp"]
+                ["pcp"]
+                if protocol == "pcp"
+                else ["natpmp"]
+                if protocol == "natpmp"
+                else ["pcp", "natpmp"]
             )
             last: Exception | None = None
             for proto in order:

@@ -191,9 +191,7 @@ def decode_response(data: bytes) -> Response:
             return ExternalAddressResponse(result, epoch)
         return MapResponse(opcode, result, epoch)
     if len(data) != full:
-        raise ParseError(
-            f"NAT-PMP opcode {op} response must be {full} bytes, got {len(data)}"
-        )
+        raise ParseError(f"NAT-PMP opcode {op} response must be {full} bytes, got {len(data)}")
     if opcode is Opcode.EXTERNAL_ADDRESS:
         if result != 0:
             return ExternalAddressResponse(result, epoch)

@@ -68,15 +68,22 @@ async def probe_gateway(
     from nattrav_natpmp.method import double_nat_reason
 
     settings = attrs.evolve(settings, probe_window=window)
-    result: dict[str, Any] = {"gateway": gateway.host, "family": gateway.family,
-                              "natpmp": None, "pcp": None}
+    result: dict[str, Any] = {
+        "gateway": gateway.host,
+        "family": gateway.family,
+        "natpmp": None,
+        "pcp": None,
+    }
     async with GatewayClient.open(gateway, settings=settings, listen=False, **options) as client:
         protocols = settings.protocols()
         if "natpmp" in protocols and gateway.family == 4:
             try:
                 found = await client.external_address_natpmp(client._probe_timing())
-                result["natpmp"] = {"version": 0, "epoch": found.epoch,
-                                    "external_address": found.address}
+                result["natpmp"] = {
+                    "version": 0,
+                    "epoch": found.epoch,
+                    "external_address": found.address,
+                }
             except NatTravError as exc:
                 result["natpmp"] = {"error": str(exc)}
         if "pcp" in protocols:
@@ -122,12 +129,13 @@ async def run_section(ctx: Any) -> dict[str, Any]:
     async def one(index: int, gateway: Any) -> None:
         try:
             results[index] = await probe_gateway(
-                gateway, settings, window=ctx.options.window,
+                gateway,
+                settings,
+                window=ctx.options.window,
                 test_mapping=ctx.options.test_mapping,
             )
         except NatTravError as exc:
-            results[index] = {"gateway": gateway.host, "family": gateway.family,
-                              "error": str(exc)}
+            results[index] = {"gateway": gateway.host, "family": gateway.family, "error": str(exc)}
 
     async with anyio.create_task_group() as tg:
         for i, g in enumerate(gateways):

@@ -498,4 +498,3 @@ class Negotiation:
         sends = sum(t.sends for t in self._parts)
         start = self.started_at if self.started_at is not None else now
         return NoServer(sends, now - start, refused)
-

@@ -155,14 +155,20 @@ async def relay_throughput(
     if mode not in ("channel", "indication"):
         raise ValueError("mode must be channel or indication")
     if direction == "receive":
-        return await _relay_receive(server, username, password, count, size, mode, peer_host,
-                                    rate, allocate_args)
+        return await _relay_receive(
+            server, username, password, count, size, mode, peer_host, rate, allocate_args
+        )
     if direction != "send":
         raise ValueError("direction must be send or receive")
     sink = Sink(peer_host)
     try:
-        async with allocate(server, username=username, password=password,
-                            channels=mode == "channel", **allocate_args) as ep:
+        async with allocate(
+            server,
+            username=username,
+            password=password,
+            channels=mode == "channel",
+            **allocate_args,
+        ) as ep:
             peer = sink.address
             if mode == "channel":
                 await ep.bind(peer)
@@ -229,15 +235,30 @@ async def _relay_receive(
         peer = probe.getsockname()[:2]
     received = 0
     send_seconds = 0.0
-    async with allocate(server, username=username, password=password,
-                        channels=mode == "channel",
-                        receive_queue=max(4096, count), **allocate_args) as ep:
+    async with allocate(
+        server,
+        username=username,
+        password=password,
+        channels=mode == "channel",
+        receive_queue=max(4096, count),
+        **allocate_args,
+    ) as ep:
         if mode == "channel":
             await ep.bind(peer)
         else:
             await ep.permit(peer[0])
-        argv = [sys.executable, "-c", _SENDER, ep.relayed.host, str(ep.relayed.port),
-                str(peer[0]), str(peer[1]), str(count), str(size), str(rate or 0)]
+        argv = [
+            sys.executable,
+            "-c",
+            _SENDER,
+            ep.relayed.host,
+            str(ep.relayed.port),
+            str(peer[0]),
+            str(peer[1]),
+            str(count),
+            str(size),
+            str(rate or 0),
+        ]
         last = started = 0.0
         async with await anyio.open_process(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE
@@ -276,12 +297,14 @@ async def _relay_receive(
             with anyio.move_on_after(5):
                 out = await proc.stdout.receive()
                 send_seconds = float(out.decode().strip() or 0.0)
-    return Throughput(f"relay-{mode}-receive", count, size, received, send_seconds,
-                      (last or started) - started)
+    return Throughput(
+        f"relay-{mode}-receive", count, size, received, send_seconds, (last or started) - started
+    )
 
 
-def raw_udp_throughput(count: int = 20000, size: int = 1000,
-                       peer_host: str = "127.0.0.1") -> Throughput:
+def raw_udp_throughput(
+    count: int = 20000, size: int = 1000, peer_host: str = "127.0.0.1"
+) -> Throughput:
     """The same datagrams straight to the sink over a blocking UDP socket (no relay)."""
     sink = Sink(peer_host)
     family = socket.AF_INET6 if ":" in peer_host else socket.AF_INET
@@ -325,8 +348,11 @@ def blocking_channel_data_throughput(
     sock = socket.socket(family, socket.SOCK_DGRAM)
     sock.connect((host, port))
     sock.settimeout(0.2)
-    client = TurnClient((host, port), LongTermCredentials(username, password),
-                        settings=ClientSettings(keepalive=None))
+    client = TurnClient(
+        (host, port),
+        LongTermCredentials(username, password),
+        settings=ClientSettings(keepalive=None),
+    )
 
     def until(done: Any) -> Any:
         deadline = time.monotonic() + 10

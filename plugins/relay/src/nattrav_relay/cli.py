@@ -32,21 +32,30 @@ def configure_relay(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--password", "-p", metavar="P", help="TURN password (default: config/hook)")
     p.add_argument("--realm", metavar="R", help="refuse any realm but this one")
     p.add_argument(
-        "--permit", action="append", default=[], metavar="PEER",
+        "--permit",
+        action="append",
+        default=[],
+        metavar="PEER",
         help="peer IP (or IP:PORT) allowed to send first (repeatable)",
     )
     p.add_argument("--echo", action="store_true", help="send every datagram back to its sender")
     p.add_argument("--lifetime", type=int, default=600, metavar="S", help="lifetime to ask for")
-    p.add_argument("--family", choices=["4", "6", "dual"], default="4",
-                   help="relayed address family (dual: RFC 8656 dual allocation)")
+    p.add_argument(
+        "--family",
+        choices=["4", "6", "dual"],
+        default="4",
+        help="relayed address family (dual: RFC 8656 dual allocation)",
+    )
     p.add_argument("--no-channels", action="store_true", help="Send/Data indications only")
     p.add_argument("--ca-file", metavar="PEM", help="CA bundle to verify a turns: server")
     p.add_argument("--server-name", metavar="NAME", help="TLS name to verify (turns:)")
     p.add_argument("--hold", type=float, metavar="S", help="hold this long (default: until ^C)")
-    p.add_argument("--timeout", type=float, default=10.0, metavar="S",
-                   help="allocation timeout (default 10 s)")
-    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                   help="one JSON object per line")
+    p.add_argument(
+        "--timeout", type=float, default=10.0, metavar="S", help="allocation timeout (default 10 s)"
+    )
+    p.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="one JSON object per line"
+    )
 
 
 def run_relay(args: argparse.Namespace, cli: Any) -> int:
@@ -109,8 +118,9 @@ async def _allocate(args: argparse.Namespace, cli: Any) -> int:
         async with allocate(
             args.server,
             credentials=LongTermCredentials(creds.username, creds.password, realm=creds.realm),
-            settings=ClientSettings(lifetime=args.lifetime, families=families,
-                                    use_channels=not args.no_channels),
+            settings=ClientSettings(
+                lifetime=args.lifetime, families=families, use_channels=not args.no_channels
+            ),
             permit=args.permit,
             ssl_context=context,
             server_name=args.server_name,
@@ -138,8 +148,11 @@ async def _allocate(args: argparse.Namespace, cli: Any) -> int:
                 + f" (mapped {ep.mapped}, lifetime {ep.lifetime} s)",
             )
             for ip, why in ep.permit_failures.items():
-                _write(cli, {"event": "permission-failed", "peer": ip, "detail": why},
-                       f"permission for {ip} failed: {why}")
+                _write(
+                    cli,
+                    {"event": "permission-failed", "peer": ip, "detail": why},
+                    f"permission for {ip} failed: {why}",
+                )
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_serve, ep, args, cli)
                 with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -148,9 +161,12 @@ async def _allocate(args: argparse.Namespace, cli: Any) -> int:
                             break
                 tg.cancel_scope.cancel()
             stats = ep.stats.as_dict()
-        _write(cli, {"event": "released", "stats": stats},
-               f"released; sent {stats['packets_sent']}, received {stats['packets_received']} "
-               f"datagrams, {stats['refreshes']} refreshes")
+        _write(
+            cli,
+            {"event": "released", "stats": stats},
+            f"released; sent {stats['packets_sent']}, received {stats['packets_received']} "
+            f"datagrams, {stats['refreshes']} refreshes",
+        )
     except RelayError as exc:
         _write(cli, {"event": "error", "error": str(exc)}, f"nattrav relay: {exc}")
         return 1
@@ -161,8 +177,7 @@ async def _serve(ep: Any, args: argparse.Namespace, cli: Any) -> None:
     async for data, peer in ep:
         _write(
             cli,
-            {"event": "datagram", "peer": str(peer), "bytes": len(data),
-             "echoed": bool(args.echo)},
+            {"event": "datagram", "peer": str(peer), "bytes": len(data), "echoed": bool(args.echo)},
             f"{len(data)} bytes from {peer}" + (" (echoed)" if args.echo else ""),
         )
         if args.echo:

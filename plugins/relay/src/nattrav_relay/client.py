@@ -760,9 +760,7 @@ class TurnClient:
     def _start_permission(self, perm: Permission, now: float) -> None:
         perm.pending = True
         host = perm.ip
-        self._request(
-            _Kind.PERMISSION, CREATE_PERMISSION, {XOR_PEER_ADDRESS: (host, 0)}, now, perm
-        )
+        self._request(_Kind.PERMISSION, CREATE_PERMISSION, {XOR_PEER_ADDRESS: (host, 0)}, now, perm)
 
     def _permission_timer(self, perm: Permission, now: float) -> None:
         if perm.pending or perm.awaiting_channel:
@@ -818,8 +816,11 @@ class TurnClient:
             return number
         # All numbers handed out once: reuse one whose quarantine is over.
         for number, ch in list(self._by_number.items()):
-            if not ch.bound and not ch.pending and ch.quarantined_until and (
-                now >= ch.quarantined_until
+            if (
+                not ch.bound
+                and not ch.pending
+                and ch.quarantined_until
+                and (now >= ch.quarantined_until)
             ):
                 del self._by_number[number]
                 self.channels.pop(ch.peer, None)
@@ -1405,5 +1406,3 @@ def _describe(event: Any) -> str:
     if callable(describe):
         return str(describe())
     return repr(event)
-
-

@@ -26,6 +26,7 @@ __all__ = [
     "import_provider",
 ]
 
+
 @attrs.frozen(repr=False)
 class RelayCredentials:
     """TURN long-term credentials (RFC 8489 §9.2). ``realm``: refuse any other realm."""
@@ -48,8 +49,10 @@ class RelayCredentials:
             return cls(username, password, realm)
         raise TypeError(f"a credential provider returned {value!r}; want (username, password)")
 
+
 #: ``provider(server_uri, username, realm)`` -> credentials (or an awaitable of them) or None.
 CredentialProvider = Callable[[str, "str | None", "str | None"], Any]
+
 
 def import_provider(spec: str) -> CredentialProvider:
     """Import ``package.module:function``; ``ValueError`` when it cannot be found."""
@@ -63,6 +66,7 @@ def import_provider(spec: str) -> CredentialProvider:
         raise ValueError(f"credential_provider {spec!r} is not callable")
     return func  # type: ignore[no-any-return]
 
+
 def hook_provider(pm: Any) -> CredentialProvider:
     """A provider that asks the ``nattrav_relay_credentials`` hook of ``pm``'s plugins."""
     from nattrav_relay.hookspecs import add_hookspecs
@@ -73,6 +77,7 @@ def hook_provider(pm: Any) -> CredentialProvider:
         return pm.hook.nattrav_relay_credentials(server=server, username=username, realm=realm)
 
     return provide
+
 
 @attrs.define
 class CredentialSource:
@@ -99,4 +104,3 @@ class CredentialSource:
             if found is not None:
                 return found
         return None
-

@@ -353,9 +353,7 @@ class RelayEndpoint:
         out.update(
             {
                 "server": str(self.server),
-                "server_address": None if self.server_address is None else str(
-                    self.server_address
-                ),
+                "server_address": None if self.server_address is None else str(self.server_address),
                 "local": None if self.local is None else str(self.local),
                 "redirected_from": [str(a) for a in self.redirected_from],
                 "relayed": [str(a) for a in self.relayed_addresses],
@@ -696,9 +694,7 @@ class RelayEndpoint:
                 retry_at = max(retry_at, now + backoff)
                 backoff = min(backoff * 2, 60.0)
             if retry_at > deadline:
-                raise RelayError(
-                    f"{self.server}: {event.describe()}", event=event, retryable=True
-                )
+                raise RelayError(f"{self.server}: {event.describe()}", event=event, retryable=True)
             log.info("relay: %s; retrying in %.1f s", event.describe(), max(0.0, retry_at - now))
             if retry_at > now:
                 await anyio.sleep(retry_at - now)
@@ -1015,8 +1011,10 @@ class RelayEndpoint:
 
     def _allocated(self, event: Allocated) -> None:
         self.relayed_addresses = tuple(TransportAddress(a.host, a.port) for a in event.relayed)
-        self.mapped = None if event.mapped is None else TransportAddress(
-            event.mapped.host, event.mapped.port, _transport_of(self.server)
+        self.mapped = (
+            None
+            if event.mapped is None
+            else TransportAddress(event.mapped.host, event.mapped.port, _transport_of(self.server))
         )
         self.lifetime = event.lifetime
         self.expires_at = event.expires_at
@@ -1103,8 +1101,9 @@ class RelayEndpoint:
             if self.relayed_addresses:
                 self._emit(
                     LeaseEventKind.RELEASED,
-                    "allocation deleted" if confirmed else "delete not confirmed; it expires "
-                    "with its lifetime",
+                    "allocation deleted"
+                    if confirmed
+                    else "delete not confirmed; it expires with its lifetime",
                     {"confirmed": confirmed},
                 )
             self._closed = True

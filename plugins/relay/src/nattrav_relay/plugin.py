@@ -112,15 +112,20 @@ def nattrav_register_options(registry: OptionRegistry) -> None:
         apply=_append("servers"),
         action="append",
         metavar="URI",
-        help="TURN server: turn:HOST[:PORT][?transport=udp|tcp] or turns:HOST[:PORT] "
-        "(repeatable)",
+        help="TURN server: turn:HOST[:PORT][?transport=udp|tcp] or turns:HOST[:PORT] (repeatable)",
     )
     registry.add(
-        "--turn-user", commands=commands, apply=_set("username"), metavar="USER",
+        "--turn-user",
+        commands=commands,
+        apply=_set("username"),
+        metavar="USER",
         help="TURN username (long-term credentials)",
     )
     registry.add(
-        "--turn-password", commands=commands, apply=_set("password"), metavar="PASSWORD",
+        "--turn-password",
+        commands=commands,
+        apply=_set("password"),
+        metavar="PASSWORD",
         help="TURN password",
     )
     registry.add(
@@ -157,9 +162,7 @@ def nattrav_register_commands(registry: CommandRegistry) -> None:
 
 
 @hookimpl
-def nattrav_register_report_sections(
-    registry: ReportRegistry, config: Mapping[str, Any]
-) -> None:
+def nattrav_register_report_sections(registry: ReportRegistry, config: Mapping[str, Any]) -> None:
     """The ``relay`` section of ``nattrav probe``: each TURN server per transport."""
 
     async def section(ctx: Any) -> Mapping[str, Any]:

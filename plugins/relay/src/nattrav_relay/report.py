@@ -128,8 +128,14 @@ async def report_section(ctx: Any) -> dict[str, Any]:
         try:
             creds = await source.get(server)
         except Exception as exc:  # a provider's bug must not cost the section
-            results.append({"server": server.uri, "transport": transport, "ok": False,
-                            "error": f"credential provider failed: {exc}"})
+            results.append(
+                {
+                    "server": server.uri,
+                    "transport": transport,
+                    "ok": False,
+                    "error": f"credential provider failed: {exc}",
+                }
+            )
             return
         outcome = await probe_server(config, server, transport, uri, creds, timeout)
         outcome["server"] = server.uri
@@ -145,8 +151,7 @@ async def report_section(ctx: Any) -> dict[str, Any]:
     reachable: dict[str, dict[str, bool]] = {}
     for r in results:
         reachable.setdefault(r["server"], {})[r["transport"]] = bool(r["ok"])
-    mapped = sorted({r["mapped"].rsplit(":", 1)[0].strip("[]") for r in results
-                     if r.get("mapped")})
+    mapped = sorted({r["mapped"].rsplit(":", 1)[0].strip("[]") for r in results if r.get("mapped")})
     return {
         "configured": True,
         "usable": any(r["ok"] for r in results),

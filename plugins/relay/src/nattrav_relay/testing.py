@@ -111,8 +111,9 @@ class Coturn:
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout
-        while not (_answers_udp("127.0.0.1", self.port) and _answers_tcp("127.0.0.1",
-                                                                           self.tls_port)):
+        while not (
+            _answers_udp("127.0.0.1", self.port) and _answers_tcp("127.0.0.1", self.tls_port)
+        ):
             if self.process.poll() is not None:
                 raise RuntimeError(f"coturn exited ({self.process.returncode}):\n{self.log()}")
             if time.monotonic() > deadline:
@@ -392,9 +393,7 @@ def raw_message(
     from nattrav_stun.codec import message_type
 
     mtype = message_type(method, cls)
-    body = b"".join(
-        struct.pack("!HH", t, len(v)) + v + b"\0" * (-len(v) & 3) for t, v in tlvs
-    )
+    body = b"".join(struct.pack("!HH", t, len(v)) + v + b"\0" * (-len(v) & 3) for t, v in tlvs)
 
     def head(length: int) -> bytes:
         return struct.pack("!HHI12s", mtype, length, 0x2112A442, transaction_id)
@@ -489,11 +488,13 @@ class Harness:
         tid = signed.transaction_id
         tlvs: list[tuple[int, bytes]] = []
         for address in relayed:
-            tlvs.append((XOR_RELAYED_ADDRESS, TURN_ATTRIBUTES.encoders[XOR_RELAYED_ADDRESS](
-                address, tid)))
+            tlvs.append(
+                (XOR_RELAYED_ADDRESS, TURN_ATTRIBUTES.encoders[XOR_RELAYED_ADDRESS](address, tid))
+            )
         if mapped is not None:
-            tlvs.append((XOR_MAPPED_ADDRESS, TURN_ATTRIBUTES.encoders[XOR_MAPPED_ADDRESS](
-                mapped, tid)))
+            tlvs.append(
+                (XOR_MAPPED_ADDRESS, TURN_ATTRIBUTES.encoders[XOR_MAPPED_ADDRESS](mapped, tid))
+            )
         if lifetime is not None:
             tlvs.append((LIFETIME, lifetime.to_bytes(4, "big")))
         for kind, value in (attributes or {}).items():

@@ -121,8 +121,9 @@ class UdpTransport:
                 with suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, option, _BUFFER)
             if local_host is not None or local_port:
-                sock.bind((local_host or ("::" if family == socket.AF_INET6 else "0.0.0.0"),
-                           local_port))
+                sock.bind(
+                    (local_host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), local_port)
+                )
             sock.connect((host, port))
         except OSError as exc:
             sock.close()
