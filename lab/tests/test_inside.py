@@ -83,3 +83,39 @@ def test_unknown_role_is_a_clear_error(lab: Lab) -> None:
 
     with pytest.raises(LabError, match=r"no role 'site2\.lan'"):
         lab.exec("site2.lan", ["true"])
+
+
+def test_trio_workers_made_inside_are_sent_home(lab: Lab) -> None:
+    """A trio worker thread created inside the LAN host (trio caches its workers process-wide)
+    must not serve a later ``to_thread`` call from inside the lab."""
+    import threading
+    import time
+
+    import trio
+
+    home = _netns_inode()
+    many = threading.active_count() + 8  # more at once than trio can have idle: some are new
+
+    def hold() -> int:
+        time.sleep(0.05)  # keep the worker busy so the others cannot reuse it
+        return _netns_inode()
+
+    async def namespaces() -> set[int]:
+        seen: set[int] = set()
+        limiter = trio.CapacityLimiter(many)  # the default 40 could be served by idle ones
+
+        async def one() -> None:
+            seen.add(await trio.to_thread.run_sync(hold, limiter=limiter))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(many):
+                nursery.start_soon(one)
+        return seen
+
+    async def inside() -> set[int]:
+        with lab.inside("lan"):
+            return await namespaces()
+
+    assert trio.run(inside) - {home}  # some workers were made inside the LAN host
+    # The cache hands the idle workers out again: every one of them is home now.
+    assert trio.run(namespaces) == {home}

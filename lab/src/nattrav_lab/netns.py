@@ -14,6 +14,8 @@ import ctypes
 import ctypes.util
 import os
 import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -98,10 +100,45 @@ def in_namespace(name: str) -> Iterator[None]:
                 yield
             finally:
                 _setns(home)
+                _rehome_trio_workers(home)
         finally:
             os.close(home)
     finally:
         os.close(target)
+
+
+def _rehome_trio_workers(home: int) -> None:
+    """Move trio's idle worker threads back to ``home``.
+
+    A thread inherits its creator's namespace, and trio keeps its worker threads in one
+    process-wide cache for a while after they finish. A worker created inside the block
+    (``to_thread.run_sync`` under trio: a file write, a name lookup) would otherwise serve a
+    later caller from inside the lab: another test's "127.0.0.1" would be the LAN host's
+    loopback. So every idle worker is given one job at once (each job waits until all have
+    started, so no worker can take two) that switches it home. asyncio's workers belong to
+    their event loop and end with it.
+    """
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return
+    jobs = threading.active_count() + 4  # more than there can be idle workers
+    barrier = threading.Barrier(jobs, timeout=2.0)
+    finished = threading.Semaphore(0)
+
+    def job() -> None:
+        try:
+            _setns(home)
+            barrier.wait()
+        except (threading.BrokenBarrierError, OSError):
+            pass
+
+    def deliver(_outcome: object) -> None:
+        finished.release()
+
+    for _ in range(jobs):
+        trio.lowlevel.start_thread_soon(job, deliver)
+    for _ in range(jobs):
+        finished.acquire(timeout=3.0)
 
 
 def write_sysctl(name: str, values: dict[str, str]) -> None:
