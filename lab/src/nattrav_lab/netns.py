@@ -114,14 +114,17 @@ def _rehome_trio_workers(home: int) -> None:
     process-wide cache for a while after they finish. A worker created inside the block
     (``to_thread.run_sync`` under trio: a file write, a name lookup) would otherwise serve a
     later caller from inside the lab: another test's "127.0.0.1" would be the LAN host's
-    loopback. So every idle worker is given one job at once (each job waits until all have
-    started, so no worker can take two) that switches it home. asyncio's workers belong to
-    their event loop and end with it.
+    loopback. So each idle worker is given one job (the jobs wait for each other, so no
+    worker takes two) that switches it home. trio does not publish how many idle workers it
+    has; the count is read from its cache and nothing is done when that is not possible.
+    asyncio's workers belong to their event loop and end with it.
     """
+    cache_module = sys.modules.get("trio._core._thread_cache")
     trio = sys.modules.get("trio")
-    if trio is None:
+    idle = getattr(getattr(cache_module, "THREAD_CACHE", None), "_idle_workers", None)
+    if trio is None or not isinstance(idle, dict) or not idle:
         return
-    jobs = threading.active_count() + 4  # more than there can be idle workers
+    jobs = len(idle)
     barrier = threading.Barrier(jobs, timeout=2.0)
     finished = threading.Semaphore(0)
 
