@@ -13,6 +13,7 @@ config keys (they control loading and the CLI).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
@@ -234,15 +235,11 @@ def _validated(conv: cattrs.Converter, field: attrs.Attribute[Any]) -> Any:
     return hook
 
 
-_CONVERTERS: list[cattrs.Converter] = []
-
-
+@functools.cache
 def _converter() -> cattrs.Converter:
     """Built on first use: cattrs and the generated hooks cost tens of milliseconds at start-up,
     and a run without a config file or ``NATTRAV_*`` settings never needs them."""
-    if not _CONVERTERS:
-        _CONVERTERS.append(_make_converter())
-    return _CONVERTERS[0]
+    return _make_converter()
 
 
 def structure_config(raw: Mapping[str, Any], *, source: str | None = None) -> Config:

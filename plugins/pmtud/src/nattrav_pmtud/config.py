@@ -20,6 +20,7 @@ Sizes are IP packet sizes: BASE_PLPMTU defaults to 1200 (IPv4) and 1280 (IPv6).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -198,15 +199,11 @@ def _converter() -> cattrs.Converter:
     return conv
 
 
-_CONVERTERS: list[cattrs.Converter] = []
-
-
+@functools.cache
 def _conv() -> cattrs.Converter:
     """Built on first use: importing cattrs and generating hooks costs milliseconds at every
     CLI start, and an empty table never needs them."""
-    if not _CONVERTERS:
-        _CONVERTERS.append(_converter())
-    return _CONVERTERS[0]
+    return _converter()
 
 
 def _format(exc: BaseException, _type: Any) -> str:

@@ -33,6 +33,7 @@ password in the table (see also the ``nattrav_relay_credentials`` hook, docs/rel
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
@@ -303,15 +304,11 @@ def _converter() -> cattrs.Converter:
     return conv
 
 
-_CONVERTERS: list[cattrs.Converter] = []
-
-
+@functools.cache
 def _conv() -> cattrs.Converter:
     """Built on first use: importing cattrs and generating hooks costs milliseconds at every
     CLI start, and an empty table never needs them."""
-    if not _CONVERTERS:
-        _CONVERTERS.append(_converter())
-    return _CONVERTERS[0]
+    return _converter()
 
 
 def load_config(raw: Mapping[str, Any] | None) -> RelayConfig:

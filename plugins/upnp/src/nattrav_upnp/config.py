@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -153,15 +154,11 @@ def _validated(conv: cattrs.Converter, field: attrs.Attribute[Any]) -> Any:
     return hook
 
 
-_CONVERTERS: list[cattrs.Converter] = []
-
-
+@functools.cache
 def _conv() -> cattrs.Converter:
     """Built on first use: importing cattrs and generating hooks costs milliseconds at every
     CLI start, and an empty table never needs them."""
-    if not _CONVERTERS:
-        _CONVERTERS.append(_make_converter())
-    return _CONVERTERS[0]
+    return _make_converter()
 
 
 def load_config(raw: Mapping[str, Any] | None) -> UpnpConfig:
