@@ -303,10 +303,17 @@ class BindingTable:
     def _begin(self, txn: LeanBinding, now: float) -> None:
         txn.first_sent = now
         txn.sends = 1
-        if self.rc > 1:
+        self._schedule(txn, now)
+
+    def _schedule(self, txn: LeanBinding, now: float) -> None:
+        """After send number ``txn.sends`` at ``now``: when to send again, or (after the
+        last of ``rc`` sends) when to give up; ``timeout`` caps both. (``start`` inlines the
+        first send's case for speed.)"""
+        if txn.sends < self.rc:
             txn.next_send = now + txn.interval
             txn.interval *= 2
         else:
+            txn.next_send = _INF
             txn.deadline = now + self.rm * txn.rto
         limit = txn.limit
         if limit is not None:
@@ -397,18 +404,8 @@ class BindingTable:
         if now >= txn.next_send:
             txn.sends += 1
             resend.append(txn)
-            if txn.sends < self.rc:
-                txn.next_send = now + txn.interval
-                txn.interval *= 2
-            else:
-                txn.next_send = _INF
-                txn.deadline = now + self.rm * txn.rto
-            limit = txn.limit
-            if limit is not None:
-                if limit < txn.deadline:
-                    txn.deadline = limit
-                if txn.next_send >= txn.deadline:
-                    txn.next_send = _INF
+            self._schedule(txn, now)
+            return
         txn.due = min(txn.next_send, txn.deadline)
         self._enqueue(txn)
 
