@@ -72,6 +72,7 @@ from nattrav.models import LeaseEvent, LeaseEventKind, Transport, TransportAddre
 from nattrav.taskgroups import single_errors
 from nattrav_stun.auth import LongTermCredentials
 from nattrav_stun.codec import Address
+from nattrav_stun.driver import running_asyncio_loop
 from nattrav_stun.uri import ServerAddress, parse_server
 
 from nattrav_relay.client import ClientSettings, RelayStats, State, TurnClient
@@ -173,26 +174,6 @@ def event_loop_clock() -> Callable[[], float]:
             clock: Callable[[], float] = trio.current_time
             return clock
     return anyio.current_time
-
-
-def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
-    """The running asyncio loop when anyio runs on asyncio (uvloop included), else ``None``
-    (trio, and trio in guest mode on top of asyncio)."""
-    import asyncio
-    import sys
-
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-    trio: Any = sys.modules.get("trio")
-    if trio is not None:
-        try:
-            trio.lowlevel.current_task()
-        except RuntimeError:
-            return loop
-        return None
-    return loop
 
 
 def _as_server(server: str | ServerAddress) -> ServerAddress:
@@ -503,7 +484,7 @@ class RelayEndpoint:
 
     async def _start(self, tg: anyio.abc.TaskGroup) -> None:
         self._now = event_loop_clock()
-        self._loop = _asyncio_loop()
+        self._loop = running_asyncio_loop()
         self._addresses = await resolve_server(self.server)
         failure: RelayError | None = None
         for host in self._addresses:

@@ -99,6 +99,7 @@ __all__ = [
     "local_address_toward",
     "resolve",
     "run_bindings",
+    "running_asyncio_loop",
 ]
 
 ServerLike = ServerAddress | Address | tuple[str, int] | str
@@ -675,8 +676,10 @@ def _loop_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
     return loop.time
 
 
-def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
-    """The running asyncio loop when anyio runs on asyncio (uvloop included), else ``None``."""
+def running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop when anyio runs on asyncio (uvloop included), else ``None``
+    (trio, and trio in guest mode on top of asyncio): the loop whose ``add_reader`` the fast
+    paths of this driver and the relay's use."""
     import asyncio
 
     try:
@@ -705,7 +708,7 @@ class StunClient:
         self.settings = settings
         self.table = settings.table
         self._tg = tg
-        self._loop = _asyncio_loop() if settings.fast_path is not False else None
+        self._loop = running_asyncio_loop() if settings.fast_path is not False else None
         self.rto_cache = RtoCache(initial=settings.timers.rto, min_rto=settings.rto_min)
         self.stats = ClientStats()
         self._pending: dict[bytes, _Pending] = {}
