@@ -26,7 +26,7 @@ from nattrav.config import structure_config
 from nattrav.models import LeaseEvent, LeaseEventKind, TraversalRequest
 from nattrav.plugins import PluginHost
 from nattrav.runtime import Runtime
-from nattrav.testing import TelemetryProbe
+from nattrav.testing import TelemetryProbe, prometheus_sample
 
 pytestmark = pytest.mark.anyio  # lab tests are marked by their `lab` fixture
 
@@ -330,17 +330,6 @@ def scrape(lab: Any, port: int) -> str:
             return str(response.read().decode())
 
 
-def sample(text: str, name: str, **labels: str) -> float | None:
-    """The value of the Prometheus sample ``name`` whose labels include ``labels``."""
-    for line in text.splitlines():
-        if not line.startswith(name + "{"):
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', line[len(name) : line.rindex("}")]))
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return None
-
-
 def read_until(proc: subprocess.Popen[bytes], kind: str, timeout: float) -> list[dict[str, Any]]:
     """JSON lines of ``map --json`` up to the first event of ``kind``."""
     assert proc.stdout is not None
@@ -403,15 +392,15 @@ def test_map_serves_prometheus_metrics_and_logs_json_lines(lab: Any, tmp_path: P
             if pipe is not None:
                 pipe.close()
 
-    assert sample(text, "nattrav_attempts_total", nattrav_method="upnp",
+    assert prometheus_sample(text, "nattrav_attempts_total", nattrav_method="upnp",
                   nattrav_outcome="succeeded") == 1  # fmt: skip
-    assert sample(text, "nattrav_attempts_total", nattrav_method="stun",
+    assert prometheus_sample(text, "nattrav_attempts_total", nattrav_method="stun",
                   nattrav_outcome="insufficient") == 1  # fmt: skip
-    assert sample(text, "nattrav_chain_runs_total", nattrav_method="upnp") == 1
-    assert sample(text, "nattrav_leases_active", nattrav_method="upnp") == 1
-    assert sample(text, "nattrav_lease_events_total", nattrav_method="upnp",
+    assert prometheus_sample(text, "nattrav_chain_runs_total", nattrav_method="upnp") == 1
+    assert prometheus_sample(text, "nattrav_leases_active", nattrav_method="upnp") == 1
+    assert prometheus_sample(text, "nattrav_lease_events_total", nattrav_method="upnp",
                   nattrav_event="acquired") == 1  # fmt: skip
-    count = sample(text, "nattrav_attempt_duration_seconds_count", nattrav_method="upnp",
+    count = prometheus_sample(text, "nattrav_attempt_duration_seconds_count", nattrav_method="upnp",
                    nattrav_outcome="succeeded")  # fmt: skip
     assert count == 1
     assert "nattrav_attempt_duration_seconds_bucket{" in text

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import socket
 import threading
 import time
@@ -21,7 +20,7 @@ from nattrav.plugins import PluginHost, module_plugin
 from nattrav.prometheus import prometheus_endpoint
 from nattrav.runtime import Runtime
 from nattrav.telemetry import Telemetry
-from nattrav.testing import FakeMethod
+from nattrav.testing import FakeMethod, prometheus_sample
 
 
 def free_port() -> int:
@@ -33,17 +32,6 @@ def free_port() -> int:
 def scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         return str(resp.read().decode())
-
-
-def metric(text: str, name: str, **labels: str) -> float | None:
-    """The value of the sample ``name`` whose labels include ``labels``."""
-    for line in text.splitlines():
-        if not line.startswith(name + "{"):
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', line[len(name) : line.rindex("}")]))
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 def plugin() -> tuple[str, object]:
@@ -70,10 +58,12 @@ def test_endpoint_exports_attempts_and_active_leases(tmp_path: Path) -> None:
 
         text = anyio.run(run)
     assert (
-        metric(text, "nattrav_attempts_total", nattrav_method="mapped", nattrav_outcome="succeeded")
+        prometheus_sample(
+            text, "nattrav_attempts_total", nattrav_method="mapped", nattrav_outcome="succeeded"
+        )
         == 1
     )
-    assert metric(text, "nattrav_leases_active", nattrav_method="mapped") == 1
+    assert prometheus_sample(text, "nattrav_leases_active", nattrav_method="mapped") == 1
     assert "nattrav_attempt_duration_seconds_bucket" in text
     with pytest.raises(OSError):
         scrape(port)  # the server stopped with the block
@@ -120,7 +110,7 @@ def test_cli_map_serves_metrics_while_holding(
         time.sleep(0.1)
     thread.join(15)
     assert codes == [0]
-    assert metric(text, "nattrav_leases_active", nattrav_method="mapped") == 1
+    assert prometheus_sample(text, "nattrav_leases_active", nattrav_method="mapped") == 1
     events = [json.loads(line) for line in out.getvalue().splitlines()]
     assert events[0]["event"]["kind"] == "acquired"
 

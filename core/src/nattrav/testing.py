@@ -23,6 +23,7 @@ Importing this module is cheap: heavy imports happen inside the fixtures.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal
@@ -41,7 +42,7 @@ from nattrav.models import (
 )
 from nattrav.plugins import PluginHost, module_plugin
 
-__all__ = ["FakeMethod", "fake_method", "nattrav_host", "nattrav_plugin"]
+__all__ = ["FakeMethod", "fake_method", "nattrav_host", "nattrav_plugin", "prometheus_sample"]
 
 #: Plugins read this to forbid falling back to public servers (see the module docstring).
 NO_PUBLIC_SERVERS_ENV = "NATTRAV_NO_PUBLIC_SERVERS"
@@ -221,3 +222,15 @@ def nattrav_telemetry() -> Iterator[TelemetryProbe]:
     yield TelemetryProbe(Telemetry(tracer_provider, meter_provider), exporter, reader)
     tracer_provider.shutdown()
     meter_provider.shutdown()
+
+
+def prometheus_sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of the sample ``name`` in a Prometheus text exposition whose labels include
+    ``labels`` (``None`` when there is none): for tests that scrape ``--metrics-port``."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line[len(name) : line.rindex("}")]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
