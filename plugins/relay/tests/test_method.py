@@ -29,9 +29,8 @@ from nattrav.models import (
 from nattrav.plugins import PluginHost
 from nattrav.runtime import Runtime
 from nattrav_relay.config import load_config
-from nattrav_relay.driver import allocate
 from nattrav_relay.method import RelayMethod, ServerBook
-from nattrav_relay.testing import Coturn
+from nattrav_relay.testing import Coturn, assert_cleanup_frees_the_5_tuple
 
 pytestmark = pytest.mark.anyio
 
@@ -217,38 +216,9 @@ async def test_cleanup_deletes_a_crashed_udp_allocation_from_its_old_port(
     """Proof by the server's own rule: while the crashed run's allocation lives, a new
     Allocate from its 5-tuple draws 437; after cleanup the same 5-tuple can allocate again
     (coturn tears the session down within about a second of the LIFETIME 0)."""
-    from nattrav_relay.driver import RelayError
-    from nattrav_relay.transport import UdpTransport
-
     entry = await crashed_entry(coturn, tmp_path)
     assert entry.data["transport"] == "udp" and entry.data["relayed"]
-    local = TransportAddress.parse(entry.data["local"])
-
-    async def same_port(host: str, port: int, kind: str) -> UdpTransport:
-        return UdpTransport.connect(host, port, local_host=local.host, local_port=local.port)
-
-    def again() -> Any:
-        return allocate(
-            coturn.uri("udp"),
-            username=coturn.username,
-            password=coturn.password,
-            opener=same_port,
-            allocate_timeout=1.5,
-        )
-
-    with pytest.raises(RelayError, match="437"):
-        async with again():
-            pytest.fail("the crashed allocation should still hold the 5-tuple")
-    method = RelayMethod(load_config(table(coturn)))
-    await method.cleanup(entry, AttemptContext(TraversalRequest(), "relay"))
-    with anyio.fail_after(6):
-        while True:
-            try:
-                async with again() as ep:
-                    assert ep.local == local
-                    break
-            except RelayError:
-                await anyio.sleep(0.3)
+    await assert_cleanup_frees_the_5_tuple(coturn, entry, table(coturn))
 
 
 async def test_cleanup_refuses_when_the_nat_mapping_changed(coturn: Coturn, tmp_path: Path) -> None:

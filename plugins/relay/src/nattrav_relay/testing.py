@@ -31,6 +31,7 @@ __all__ = [
     "Coturn",
     "Harness",
     "ScriptedServer",
+    "assert_cleanup_frees_the_5_tuple",
     "coturn_available",
     "free_port",
     "raw_message",
@@ -510,3 +511,51 @@ class Harness:
             )
         )
         return self.events()
+
+
+async def assert_cleanup_frees_the_5_tuple(
+    server: Coturn, entry: Any, table: dict[str, Any]
+) -> None:
+    """Prove by the server's own rule that ``RelayMethod.cleanup`` deleted the crashed UDP
+    allocation journalled as ``entry`` on ``server``: before it, an Allocate from the entry's
+    5-tuple draws 437 (Allocation Mismatch); after it, the same 5-tuple can allocate again
+    (coturn tears the session down within about a second of the LIFETIME 0). ``table`` is the
+    relay plugin's configuration the cleanup runs with."""
+    import anyio
+    import pytest
+    from nattrav.method import AttemptContext
+    from nattrav.models import TransportAddress, TraversalRequest
+
+    from nattrav_relay.config import load_config
+    from nattrav_relay.driver import RelayError, allocate
+    from nattrav_relay.method import RelayMethod
+    from nattrav_relay.transport import UdpTransport
+
+    local = TransportAddress.parse(entry.data["local"])
+
+    async def same_port(host: str, port: int, kind: str) -> UdpTransport:
+        return UdpTransport.connect(host, port, local_host=local.host, local_port=local.port)
+
+    def again() -> Any:
+        return allocate(
+            server.uri("udp"),
+            username=server.username,
+            password=server.password,
+            opener=same_port,
+            allocate_timeout=1.5,
+        )
+
+    with pytest.raises(RelayError, match="437"):
+        async with again():
+            pytest.fail("the crashed allocation should still hold the 5-tuple")
+    await RelayMethod(load_config(table)).cleanup(
+        entry, AttemptContext(TraversalRequest(), "relay")
+    )
+    with anyio.fail_after(6):
+        while True:
+            try:
+                async with again() as ep:
+                    assert ep.local == local
+                    return
+            except RelayError:
+                await anyio.sleep(0.3)
